@@ -1,0 +1,91 @@
+"""The FastAPI application: `create_app(settings)` builds one, `uvicorn --factory` serves it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+import httpx
+import yaml
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service.auth.authenticator import Authenticator
+from service.cdshooks.routes import admin as admin_router
+from service.cdshooks.routes import router as cds_router
+from service.engine.catalogue import load_catalogue
+from service.errors import install_error_handlers
+from service.feedback.store import FeedbackStore
+from service.ops.metrics import Metrics
+from service.ops.middleware import CallObserver
+from service.ops.routes import router as ops_router
+from service.runtime import Runtime
+from service.settings import Settings, data_root
+
+log = logging.getLogger("rpl_cds")
+
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        catalogue = load_catalogue(settings.all_knowledge_dirs)
+        store = await FeedbackStore.open(
+            settings.resolved_database_url, migrate=settings.auto_migrate
+        )
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.fhir_time_budget_seconds),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            follow_redirects=False,
+        )
+        authenticator = None
+        if settings.auth_enabled:
+            authenticator = Authenticator(settings, http, store)
+        else:
+            log.warning(
+                "client authentication is OFF: any caller can use this service. "
+                "Set RPL_CDS_AUTH_ISSUERS to require signed JWTs from trusted EHRs."
+            )
+        app.state.runtime = Runtime(settings, catalogue, store, http, metrics, authenticator)
+        log.info(
+            "ready",
+            extra={"services": sorted(catalogue.services), "guideline": settings.guideline},
+        )
+        try:
+            yield
+        finally:
+            await http.aclose()
+            await store.close()
+
+    app = FastAPI(
+        title="RPL CDS Hooks service",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.openapi = lambda: _contract()  # type: ignore[method-assign]
+    install_error_handlers(app)
+    app.include_router(cds_router)
+    app.include_router(admin_router)
+    app.include_router(ops_router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+    app.add_middleware(CallObserver, metrics=metrics)
+    return app
+
+
+def _contract() -> dict[str, object]:
+    """The served OpenAPI document is the hand-written contract, so clients see one truth."""
+    text = (data_root() / "openapi.yaml").read_text(encoding="utf-8")
+    document: dict[str, object] = yaml.safe_load(text)
+    return document

@@ -1,0 +1,40 @@
+"""FastAPI dependencies that require a verified client JWT when authentication is on."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.auth.authenticator import ClientIdentity
+from service.errors import ServiceError
+from service.runtime import Runtime, get_runtime
+
+
+def audience_for(request: Request, runtime: Runtime) -> str:
+    """The exact URL the client called (CDS Hooks: `aud` is the endpoint URL). Behind a proxy the
+    URL the client used is not the one the service sees, so a configured public base URL wins."""
+    base = runtime.settings.public_base_url
+    if base is not None:
+        return str(base).rstrip("/") + request.url.path
+    return str(request.url.replace(query="", fragment=""))
+
+
+async def authenticated(
+    request: Request, runtime: Annotated[Runtime, Depends(get_runtime)]
+) -> ClientIdentity | None:
+    if runtime.authenticator is None:
+        return None
+    return await runtime.authenticator.authenticate(
+        request.headers.get("authorization"), audience_for(request, runtime)
+    )
+
+
+async def authenticated_admin(
+    identity: Annotated[ClientIdentity | None, Depends(authenticated)],
+    runtime: Annotated[Runtime, Depends(get_runtime)],
+) -> ClientIdentity | None:
+    allowed = runtime.settings.admin_issuers
+    if identity is not None and allowed and identity.issuer not in allowed:
+        raise ServiceError(403, "this client may not read analytics")
+    return identity

@@ -1,0 +1,34 @@
+"""Reading a JSON request body within a size limit, with CDS Hooks-conformant errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import Request
+
+from service.errors import ServiceError
+
+JSON_MEDIA_TYPES = frozenset({"application/json", "application/fhir+json"})
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in JSON_MEDIA_TYPES:
+        raise ServiceError(415, f"Content-Type must be application/json, not '{media_type or 'none'}'")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ServiceError(413, f"request body is larger than the {limit}-byte limit")
+    # The body is streamed and counted so that a client that lies about (or omits) its length
+    # cannot make the service buffer more than the limit.
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise ServiceError(413, f"request body is larger than the {limit}-byte limit")
+    if not body:
+        raise ServiceError(400, "request body is empty; a JSON object is required")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise ServiceError(400, f"request body is not valid JSON: {error}") from None

@@ -1,0 +1,151 @@
+"""RequestGroup -> CDS Hooks cards, following the HL7 "Using FHIR Clinical Reasoning with CDS Hooks"
+mapping: top-level action -> card, child actions -> suggestions, their resources -> `create`
+actions, priority -> indicator, documentation -> source and links.
+
+Every optional field is omitted rather than null or empty (CDS Hooks 2.0), and card and suggestion
+uuids are name-based: the same hookInstance and action always give the same uuid, so an EHR that
+retries a call gets cards it can still send feedback for.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+# Name-based uuids live in their own namespace so they cannot collide with other uuid5 users.
+CARD_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:rpl-cds:cards")
+OVERRIDE_REASON_EXTENSION = "https://fhir.rpl-cds.org/StructureDefinition/cds-override-reason"
+RECOMMENDED_EXTENSION = "https://fhir.rpl-cds.org/StructureDefinition/cds-is-recommended"
+SUMMARY_LIMIT = 140
+
+_INDICATOR = {"routine": "info", "urgent": "warning", "asap": "warning", "stat": "critical"}
+_SINGLE_CHOICE = {"at-most-one", "exactly-one"}
+
+
+def card_uuid(hook_instance: str, service_id: str, action_key: str) -> str:
+    return str(uuid.uuid5(CARD_NAMESPACE, f"{hook_instance}/{service_id}/{action_key}"))
+
+
+def summary_text(title: str) -> str:
+    """One line under 140 characters, as the specification requires of a summary."""
+    text = " ".join(title.split())
+    return text if len(text) < SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 2].rstrip() + "…"
+
+
+def encode_cards(
+    request_group: Mapping[str, Any],
+    *,
+    hook_instance: str,
+    service_id: str,
+    default_source: str,
+) -> list[dict[str, Any]]:
+    contained = {r["id"]: r for r in request_group.get("contained", []) if "id" in r}
+    return [
+        _card(action, contained, hook_instance, service_id, default_source)
+        for action in request_group.get("action", [])
+    ]
+
+
+def _card(
+    action: Mapping[str, Any],
+    contained: Mapping[str, Mapping[str, Any]],
+    hook_instance: str,
+    service_id: str,
+    default_source: str,
+) -> dict[str, Any]:
+    uid = card_uuid(hook_instance, service_id, action["id"])
+    card: dict[str, Any] = {
+        "uuid": uid,
+        "summary": summary_text(action.get("title") or "Recommendation"),
+        "indicator": _INDICATOR.get(action.get("priority", "routine"), "info"),
+        "source": _source(action, default_source),
+    }
+    if action.get("description"):
+        card["detail"] = action["description"]
+    suggestions = [
+        _suggestion(child, contained, uid) for child in action.get("action", []) if child.get("title")
+    ]
+    if suggestions:
+        card["suggestions"] = suggestions
+        behavior = action.get("selectionBehavior")
+        card["selectionBehavior"] = "at-most-one" if behavior in _SINGLE_CHOICE else "any"
+    reasons = _override_reasons(action)
+    if reasons:
+        card["overrideReasons"] = reasons
+    links = _links(action)
+    if links:
+        card["links"] = links
+    return card
+
+
+def _source(action: Mapping[str, Any], default_label: str) -> dict[str, Any]:
+    documents = [d for d in action.get("documentation", []) if d.get("type") == "citation"]
+    first = documents[0] if documents else {}
+    source: dict[str, Any] = {"label": first.get("display") or first.get("label") or default_label}
+    if first.get("url"):
+        source["url"] = first["url"]
+    icon = (first.get("document") or {}).get("url")
+    if icon:
+        source["icon"] = icon
+    topic = _first_coding(action.get("code", []))
+    if topic:
+        source["topic"] = topic
+    return source
+
+
+def _links(action: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"label": d.get("display") or d.get("label") or d["url"], "url": d["url"], "type": "absolute"}
+        for d in action.get("documentation", [])
+        if d.get("url") and d.get("type") in {"documentation", "justification", "citation"}
+    ]
+
+
+def _first_coding(concepts: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    for concept in concepts:
+        for coding in concept.get("coding", []):
+            if coding.get("system") and coding.get("code"):
+                return {k: coding[k] for k in ("system", "code", "display") if coding.get(k)}
+    return None
+
+
+def _override_reasons(action: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {k: coding[k] for k in ("system", "code", "display") if coding.get(k)}
+        for extension in action.get("extension", [])
+        if extension.get("url") == OVERRIDE_REASON_EXTENSION
+        for coding in [extension.get("valueCoding", {})]
+        if coding.get("display")  # the specification requires a display on each reason
+    ]
+
+
+def _suggestion(
+    action: Mapping[str, Any], contained: Mapping[str, Mapping[str, Any]], card_id: str
+) -> dict[str, Any]:
+    suggestion: dict[str, Any] = {
+        "label": action["title"],
+        "uuid": str(uuid.uuid5(CARD_NAMESPACE, f"{card_id}/{action['id']}")),
+    }
+    recommended = next(
+        (
+            e.get("valueBoolean")
+            for e in action.get("extension", [])
+            if e.get("url") == RECOMMENDED_EXTENSION
+        ),
+        None,
+    )
+    if recommended is not None:
+        suggestion["isRecommended"] = recommended
+    reference = (action.get("resource") or {}).get("reference", "")
+    resource = contained.get(reference.removeprefix("#"))
+    if resource is not None:
+        created = {k: v for k, v in resource.items() if k != "id"}
+        suggestion["actions"] = [
+            {
+                "type": "create",
+                "description": action.get("description") or action["title"],
+                "resource": created,
+            }
+        ]
+    return suggestion

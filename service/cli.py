@@ -1,0 +1,81 @@
+"""`rpl-cds`: serve the CDS Hooks service, or validate knowledge directories."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from service.engine.catalogue import load_catalogue
+from service.engine.knowledge import KnowledgeError
+from service.settings import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rpl-cds", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="start the service (uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("RPL_CDS_WORKERS", "1")))
+    validate = commands.add_parser("validate", help="check knowledge artifacts and report problems")
+    validate.add_argument("dirs", nargs="*", type=Path, help="default: the configured directories")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        print(f"rpl-cds: invalid settings:\n{error}", file=sys.stderr)
+        return 2
+    if args.command == "validate":
+        return _validate(args.dirs or settings.all_knowledge_dirs)
+    return _serve(settings, args.host, args.port, args.workers)
+
+
+def _validate(dirs: Sequence[Path]) -> int:
+    try:
+        catalogue = load_catalogue(dirs)
+    except KnowledgeError as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"{len(error.problems)} problem(s) found", file=sys.stderr)
+        return 1
+    for service in catalogue.services.values():
+        print(f"ok: service {service.id} ({service.hook}) from {service.plan.file}")
+    print(f"{len(catalogue.services)} service(s), no problems")
+    return 0
+
+
+def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
+    import uvicorn
+
+    from service.feedback.migrate import upgrade
+    from service.ops.logging import configure_logging, logging_config
+
+    configure_logging(settings.log_level)
+    # Fail here, with the full report, rather than once per worker.
+    if _validate(settings.all_knowledge_dirs) != 0:
+        return 1
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.auto_migrate:
+        upgrade(settings.resolved_database_url)
+        # Migrated once here, so that workers starting together do not race to migrate.
+        os.environ["RPL_CDS_AUTO_MIGRATE"] = "false"
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=logging_config(settings.log_level),
+        access_log=False,
+        proxy_headers=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

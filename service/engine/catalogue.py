@@ -1,0 +1,199 @@
+"""CDS services from PlanDefinitions: one service per `named-event` trigger, prefetch templates
+from data requirements (HL7 "Using FHIR Clinical Reasoning with CDS Hooks")."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.engine.knowledge import Knowledge, KnowledgeError, Plan, Problem, load_knowledge
+
+QUERY_PATTERN_EXTENSION = "http://hl7.org/fhir/StructureDefinition/cqf-fhirQueryPattern"
+# The only prefetch tokens CDS Hooks 2.0 defines.
+ALLOWED_TOKENS = frozenset(
+    {
+        "context.patientId",
+        "context.encounterId",
+        "context.userId",
+        "userPractitionerId",
+        "userPractitionerRoleId",
+        "userPatientId",
+        "userRelatedPersonId",
+    }
+)
+_TOKEN = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
+
+
+@dataclass(frozen=True)
+class CdsService:
+    id: str
+    hook: str
+    title: str | None
+    description: str
+    prefetch: dict[str, str]
+    plan: Plan
+
+    def discovery(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"hook": self.hook, "id": self.id, "description": self.description}
+        if self.title:
+            entry["title"] = self.title
+        if self.prefetch:
+            entry["prefetch"] = self.prefetch
+        return entry
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    knowledge: Knowledge
+    services: dict[str, CdsService]
+
+    def discovery(self) -> dict[str, Any]:
+        return {"services": [service.discovery() for service in self.services.values()]}
+
+
+def load_catalogue(directories: Iterable[Path]) -> Catalogue:
+    knowledge = load_knowledge(directories)
+    problems: list[Problem] = []
+    services: dict[str, CdsService] = {}
+    for plan in knowledge.plans:
+        for service in _services_of(plan, knowledge, problems):
+            if service.id in services:
+                problems.append(
+                    Problem(plan.file, "PlanDefinition.id", f"service id '{service.id}' is taken")
+                )
+            services[service.id] = service
+    if problems:
+        raise KnowledgeError(problems)
+    return Catalogue(knowledge, services)
+
+
+def _services_of(plan: Plan, knowledge: Knowledge, problems: list[Problem]) -> list[CdsService]:
+    raw = plan.raw
+    description = raw.get("description") or raw.get("title")
+    if plan.hooks and not description:
+        problems.append(Problem(plan.file, "PlanDefinition.description", "required for discovery"))
+        return []
+    prefetch = _prefetch(plan, knowledge, problems)
+    # A PlanDefinition with one trigger is one service named by its id; with several, each hook
+    # gets its own id so EHRs that register services by id alone can tell them apart.
+    return [
+        CdsService(
+            id=plan.id if len(plan.hooks) == 1 else f"{plan.id}-{hook}",
+            hook=hook,
+            title=raw.get("title"),
+            description=str(description),
+            prefetch=prefetch,
+            plan=plan,
+        )
+        for hook in plan.hooks
+    ]
+
+
+def _data_requirements(plan: Plan, knowledge: Knowledge) -> Iterable[tuple[str, dict[str, Any]]]:
+    for index, canonical in enumerate(plan.raw.get("library", [])):
+        library = knowledge.resolve(canonical)
+        for number, requirement in enumerate((library or {}).get("dataRequirement", [])):
+            yield f"PlanDefinition.library[{index}] dataRequirement[{number}]", requirement
+
+    def walk(actions: Sequence[dict[str, Any]], path: str) -> Iterable[tuple[str, dict[str, Any]]]:
+        for index, action in enumerate(actions):
+            for number, requirement in enumerate(action.get("input", [])):
+                yield f"{path}[{index}].input[{number}]", requirement
+            yield from walk(action.get("action", []), f"{path}[{index}].action")
+
+    yield from walk(plan.raw.get("action", []), "PlanDefinition.action")
+
+
+def _prefetch(plan: Plan, knowledge: Knowledge, problems: list[Problem]) -> dict[str, str]:
+    templates: dict[str, str] = {}
+    for path, requirement in _data_requirements(plan, knowledge):
+        key = requirement.get("id") or requirement.get("type", "data")
+        template = _template(requirement, knowledge, path, plan.file, problems)
+        if template is None:
+            continue
+        if key in templates and templates[key] != template:
+            problems.append(
+                Problem(plan.file, path, f"prefetch key '{key}' is used for two different queries")
+            )
+            continue
+        templates[key] = template
+    return templates
+
+
+def _template(
+    requirement: dict[str, Any],
+    knowledge: Knowledge,
+    path: str,
+    file: Path,
+    problems: list[Problem],
+) -> str | None:
+    pattern = next(
+        (
+            extension.get("valueString")
+            for extension in requirement.get("extension", [])
+            if extension.get("url") == QUERY_PATTERN_EXTENSION
+        ),
+        None,
+    )
+    template = pattern or _query_from_requirement(requirement, knowledge, path, file, problems)
+    if template is None:
+        return None
+    bad = [token for token in _TOKEN.findall(template) if token not in ALLOWED_TOKENS]
+    if bad:
+        problems.append(Problem(file, path, f"prefetch tokens not in CDS Hooks 2.0: {bad}"))
+        return None
+    return template
+
+
+def _query_from_requirement(
+    requirement: dict[str, Any],
+    knowledge: Knowledge,
+    path: str,
+    file: Path,
+    problems: list[Problem],
+) -> str | None:
+    resource_type = requirement["type"]
+    if resource_type == "Patient":
+        return "Patient/{{context.patientId}}"
+    params = ["patient={{context.patientId}}"]
+    for index, code_filter in enumerate(requirement.get("codeFilter", [])):
+        where = f"{path}.codeFilter[{index}]"
+        search_param = code_filter.get("searchParam") or code_filter.get("path")
+        if not search_param:
+            problems.append(Problem(file, where, "needs searchParam or path"))
+            return None
+        codes = [f"{c['system']}|{c['code']}" for c in code_filter.get("code", [])]
+        if code_filter.get("valueSet"):
+            expanded = _expand(code_filter["valueSet"], knowledge)
+            if expanded is None:
+                problems.append(
+                    Problem(file, where, f"ValueSet {code_filter['valueSet']} cannot be expanded")
+                )
+                return None
+            codes.extend(expanded)
+        params.append(f"{search_param}={','.join(dict.fromkeys(codes))}")
+    return f"{resource_type}?{'&'.join(params)}"
+
+
+def _expand(canonical: str, knowledge: Knowledge) -> list[str] | None:
+    """Enumerated codes of a loaded ValueSet (expansion, or compose with listed concepts and
+    included ValueSets); intensional filters cannot be expanded without a terminology server."""
+    value_set = knowledge.resolve(canonical)
+    if value_set is None or value_set.get("resourceType") != "ValueSet":
+        return None
+    if "expansion" in value_set:
+        return [f"{c['system']}|{c['code']}" for c in value_set["expansion"].get("contains", [])]
+    codes: list[str] = []
+    for include in value_set.get("compose", {}).get("include", []):
+        if include.get("filter"):
+            return None
+        for nested in include.get("valueSet", []):
+            inner = _expand(nested, knowledge)
+            if inner is None:
+                return None
+            codes.extend(inner)
+        codes.extend(f"{include['system']}|{c['code']}" for c in include.get("concept", []))
+    return codes

@@ -1,0 +1,306 @@
+"""Loading knowledge: FHIR R4 JSON artifacts from directories, validated and compiled once.
+
+Every problem is collected (file, element path, reason) so an author sees all of them at once;
+any problem stops start-up.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from service.engine.fhirpath import (
+    BUILTIN_VARIABLES,
+    CompiledExpression,
+    ExpressionError,
+    compile_expression,
+)
+
+VARIABLE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/variable"
+KNOWLEDGE_TYPES = frozenset(
+    {"PlanDefinition", "ActivityDefinition", "Library", "ValueSet", "CodeSystem", "ConceptMap"}
+)
+FHIRPATH = "text/fhirpath"
+# Variables the engine puts in every evaluation's environment (see engine/apply.py).
+ENGINE_VARIABLES = frozenset({"patient", "context", "guideline", "hook", "missingData", "today"})
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: Path
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.path}: {self.reason}"
+
+
+class KnowledgeError(Exception):
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    expression: CompiledExpression
+
+
+@dataclass
+class Action:
+    raw: dict[str, Any]
+    path: str
+    key: str
+    hooks: frozenset[str]
+    variables: list[Variable]
+    conditions: list[CompiledExpression]
+    children: list[Action]
+    activity: dict[str, Any] | None
+
+
+@dataclass
+class Plan:
+    raw: dict[str, Any]
+    file: Path
+    id: str
+    url: str | None
+    hooks: list[str]
+    variables: list[Variable]
+    actions: list[Action]
+    # Resource types read as %Condition, %Observation, ...: always bound, empty when absent.
+    resource_types: frozenset[str] = frozenset()
+
+
+@dataclass
+class Knowledge:
+    plans: list[Plan] = field(default_factory=list)
+    by_canonical: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def resolve(self, canonical: str) -> dict[str, Any] | None:
+        return self.by_canonical.get(canonical) or self.by_canonical.get(canonical.split("|")[0])
+
+
+def load_knowledge(directories: Iterable[Path]) -> Knowledge:
+    problems: list[Problem] = []
+    knowledge = Knowledge()
+    documents = list(_read_documents(directories, problems))
+    for file, resource in documents:
+        _register(knowledge, file, resource, problems)
+    for file, resource in documents:
+        if resource.get("resourceType") == "PlanDefinition":
+            plan = _PlanCompiler(knowledge, file, problems).compile(resource)
+            if plan is not None:
+                knowledge.plans.append(plan)
+    if problems:
+        raise KnowledgeError(problems)
+    return knowledge
+
+
+def _read_documents(
+    directories: Iterable[Path], problems: list[Problem]
+) -> Iterable[tuple[Path, dict[str, Any]]]:
+    for directory in directories:
+        if not directory.is_dir():
+            problems.append(Problem(directory, "-", "knowledge directory does not exist"))
+            continue
+        for file in sorted(directory.rglob("*.json")):
+            try:
+                document = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+                problems.append(Problem(file, "-", f"not readable JSON: {error}"))
+                continue
+            yield from _resources_in(file, document, problems)
+
+
+def _resources_in(
+    file: Path, document: Any, problems: list[Problem]
+) -> Iterable[tuple[Path, dict[str, Any]]]:
+    if not isinstance(document, dict) or "resourceType" not in document:
+        problems.append(Problem(file, "-", "not a FHIR resource (no resourceType)"))
+        return
+    if document["resourceType"] == "Bundle":
+        for index, entry in enumerate(document.get("entry", [])):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict):
+                yield from _resources_in(file, resource, problems)
+            else:
+                problems.append(Problem(file, f"Bundle.entry[{index}]", "entry has no resource"))
+        return
+    if document["resourceType"] not in KNOWLEDGE_TYPES:
+        problems.append(
+            Problem(
+                file,
+                document["resourceType"],
+                f"unsupported resource type; knowledge holds {sorted(KNOWLEDGE_TYPES)}",
+            )
+        )
+        return
+    yield file, document
+
+
+def _register(
+    knowledge: Knowledge, file: Path, resource: dict[str, Any], problems: list[Problem]
+) -> None:
+    resource_type = resource["resourceType"]
+    try:
+        get_fhir_model_class(resource_type).model_validate(resource)
+    except ValidationError as error:
+        for detail in error.errors():
+            where = ".".join(str(part) for part in (resource_type, *detail["loc"]))
+            problems.append(Problem(file, where, detail["msg"]))
+        return
+    url = resource.get("url")
+    if not url:
+        if resource_type != "PlanDefinition":
+            problems.append(Problem(file, f"{resource_type}.url", "a canonical url is required"))
+        return
+    keys = [url] + ([f"{url}|{resource['version']}"] if resource.get("version") else [])
+    for key in keys:
+        if key in knowledge.by_canonical:
+            problems.append(
+                Problem(
+                    file,
+                    f"{resource_type}.url",
+                    f"duplicate canonical {key} (also in {knowledge.files[key]})",
+                )
+            )
+            continue
+        knowledge.by_canonical[key] = resource
+        knowledge.files[key] = file
+
+
+@dataclass
+class _PlanCompiler:
+    knowledge: Knowledge
+    file: Path
+    problems: list[Problem]
+    resource_types: set[str] = field(default_factory=set)
+
+    def compile(self, resource: dict[str, Any]) -> Plan | None:
+        plan_id = resource.get("id")
+        if not plan_id:
+            self._problem("PlanDefinition.id", "an id is required (it names the CDS service)")
+            return None
+        known = set(ENGINE_VARIABLES)
+        variables = self._variables(resource, "PlanDefinition", known)
+        actions = [
+            self._action(action, f"PlanDefinition.action[{index}]", known)
+            for index, action in enumerate(resource.get("action", []))
+        ]
+        hooks = sorted({hook for action in actions for hook in action.hooks})
+        return Plan(
+            resource,
+            self.file,
+            plan_id,
+            resource.get("url"),
+            hooks,
+            variables,
+            actions,
+            frozenset(self.resource_types),
+        )
+
+    def _problem(self, path: str, reason: str) -> None:
+        self.problems.append(Problem(self.file, path, reason))
+
+    def _action(self, raw: dict[str, Any], path: str, known: set[str]) -> Action:
+        scope = set(known)  # variables of an action are visible to it and its children only
+        variables = self._variables(raw, path, scope)
+        conditions = []
+        for index, condition in enumerate(raw.get("condition", [])):
+            where = f"{path}.condition[{index}]"
+            if condition.get("kind") != "applicability":
+                self._problem(where, f"condition kind '{condition.get('kind')}' is not supported")
+                continue
+            compiled = self._expression(condition.get("expression", {}), f"{where}.expression", scope)
+            if compiled is not None:
+                conditions.append(compiled)
+        children = [
+            self._action(child, f"{path}.action[{index}]", scope)
+            for index, child in enumerate(raw.get("action", []))
+        ]
+        hooks = frozenset(
+            trigger["name"]
+            for trigger in raw.get("trigger", [])
+            if trigger.get("type") == "named-event" and trigger.get("name")
+        )
+        key = raw.get("id") or _topic_code(raw) or path
+        return Action(raw, path, key, hooks, variables, conditions, children, self._activity(raw, path))
+
+    def _variables(self, owner: dict[str, Any], path: str, scope: set[str]) -> list[Variable]:
+        variables = []
+        for index, extension in enumerate(owner.get("extension", [])):
+            if extension.get("url") != VARIABLE_EXTENSION:
+                continue
+            where = f"{path}.extension[{index}].valueExpression"
+            expression = extension.get("valueExpression", {})
+            name = expression.get("name")
+            if not name:
+                self._problem(where, "a variable needs a name")
+                continue
+            compiled = self._expression(expression, where, scope)
+            scope.add(name)  # defined from here on, also when it failed (one report is enough)
+            if compiled is not None:
+                variables.append(Variable(name, compiled))
+        return variables
+
+    def _expression(
+        self, expression: dict[str, Any], path: str, scope: set[str]
+    ) -> CompiledExpression | None:
+        if expression.get("language") != FHIRPATH:
+            self._problem(path, f"language must be {FHIRPATH}, not {expression.get('language')}")
+            return None
+        text = expression.get("expression")
+        if not text:
+            self._problem(path, "expression text is missing")
+            return None
+        try:
+            compiled = compile_expression(text)
+        except ExpressionError as error:
+            self._problem(path, f"FHIRPath does not compile: {error}")
+            return None
+        free = compiled.variables - scope - BUILTIN_VARIABLES
+        types = {name for name in free if _is_resource_type(name)}
+        self.resource_types.update(types)
+        undefined = sorted(free - types)
+        if undefined:
+            self._problem(path, f"variable(s) used before they are defined: {undefined}")
+        return compiled
+
+    def _activity(self, raw: dict[str, Any], path: str) -> dict[str, Any] | None:
+        canonical = raw.get("definitionCanonical")
+        if not canonical:
+            return None
+        target = self.knowledge.resolve(canonical)
+        if target is None or target.get("resourceType") != "ActivityDefinition":
+            self._problem(
+                f"{path}.definitionCanonical", f"{canonical} does not resolve to an ActivityDefinition"
+            )
+            return None
+        return target
+
+
+def _topic_code(action: dict[str, Any]) -> str | None:
+    for concept in action.get("code", []):
+        for coding in concept.get("coding", []):
+            if coding.get("code"):
+                return str(coding["code"])
+    return None
+
+
+def _is_resource_type(name: str) -> bool:
+    # Collections of the patient's resources are offered as %Condition, %Observation, ...
+    if not name[:1].isupper():
+        return False
+    try:
+        get_fhir_model_class(name)
+    except ValueError:
+        return False
+    return True

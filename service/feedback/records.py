@@ -1,0 +1,43 @@
+"""Plain records that cross the boundary between the HTTP layer and the feedback store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class IssuedCard:
+    """What the service showed, without patient identifiers or content: enough to match feedback."""
+
+    uuid: str
+    service_id: str
+    topic_code: str
+    topic_system: str
+    hook_instance: str
+    issued_at: datetime
+
+
+@dataclass(frozen=True)
+class FeedbackEntry:
+    """One feedback item as received (already validated), for one service."""
+
+    service_id: str
+    card_uuid: str
+    outcome: str  # "accepted" | "overridden"
+    outcome_timestamp: datetime  # UTC
+    accepted_suggestions: tuple[str, ...] = ()
+    override_reason_system: str | None = None
+    override_reason_code: str | None = None
+    override_reason_display: str | None = None
+    user_comment: str | None = None
+
+
+@dataclass
+class TopicSummary:
+    topic_code: str
+    issued: int = 0
+    accepted: int = 0
+    overridden: int = 0
+    # "system|code" -> {"display": str | None, "count": int}
+    override_reasons: dict[str, dict[str, object]] = field(default_factory=dict)

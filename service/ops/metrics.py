@@ -1,0 +1,49 @@
+"""Prometheus metrics, on a registry owned by one app instance (no process-global collectors, so
+tests and several apps in one process never share counts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+_LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "rpl_cds_requests",
+            "HTTP requests by endpoint, CDS service and status",
+            ["endpoint", "service", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "rpl_cds_request_duration_seconds",
+            "Time to answer, by endpoint and CDS service",
+            ["endpoint", "service"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.cards = Counter(
+            "rpl_cds_cards",
+            "Cards returned, by CDS service and recommendation topic",
+            ["service", "topic"],
+            registry=self.registry,
+        )
+        self.fhir_fetch = Histogram(
+            "rpl_cds_fhir_fetch_duration_seconds",
+            "Time of each FHIR query made to the EHR's server",
+            ["resource_type"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.fhir_errors = Counter(
+            "rpl_cds_fhir_fetch_errors",
+            "FHIR queries that failed, by reason",
+            ["reason"],
+            registry=self.registry,
+        )

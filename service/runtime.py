@@ -1,0 +1,33 @@
+"""Everything a request needs that outlives it, built once in the app's lifespan and handed to
+handlers through FastAPI dependencies (never module globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import httpx
+from fastapi import Request
+
+from service.engine.catalogue import Catalogue
+from service.ops.metrics import Metrics
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.auth.authenticator import Authenticator
+    from service.feedback.store import FeedbackStore
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    catalogue: Catalogue
+    store: FeedbackStore
+    http: httpx.AsyncClient
+    metrics: Metrics
+    authenticator: Authenticator | None
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime

@@ -1,0 +1,132 @@
+"""Service settings, read from `RPL_CDS_*` environment variables (and an optional `.env`)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, HttpUrl, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# JWS algorithms the CDS Hooks security section allows a client to sign with. Symmetric (HS*) and
+# `none` are excluded by the specification; configuring them is refused rather than ignored.
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"}
+)
+
+
+def data_root() -> Path:
+    """Where the bundled knowledge and openapi.yaml are: the source checkout (a clone, or an
+    editable install), else the `rpl_cds_data` directory that `pip install .` puts beside
+    `service`. Looked up by path because `rpl_cds_data` is a namespace package, which
+    importlib.resources cannot open under an editable install."""
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "openapi.yaml").is_file():
+        return checkout
+    spec = importlib.util.find_spec("rpl_cds_data")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "openapi.yaml").is_file():
+            return Path(location)
+    raise RuntimeError("bundled data (openapi.yaml, plandefinitions/) not found; reinstall")
+
+
+def bundled_knowledge_dirs() -> list[Path]:
+    """The PlanDefinitions and mappings shipped with the service."""
+    root = data_root()
+    return [root / "plandefinitions", root / "mappings"]
+
+
+def _split_list(value: Any) -> Any:
+    """Accept `a,b` as well as a JSON list for list-valued settings (friendlier in env files)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            import json
+
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+class IssuerConfig(BaseModel):
+    """A trusted CDS client (an EHR): where its signing keys come from."""
+
+    jwks_url: HttpUrl | None = None
+    jwks_file: Path | None = None
+    jku_allowlist: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> IssuerConfig:
+        if self.jwks_url is None and self.jwks_file is None and not self.jku_allowlist:
+            raise ValueError("an issuer needs jwks_url, jwks_file or a jku_allowlist")
+        return self
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RPL_CDS_", env_file=".env", extra="ignore", env_nested_delimiter="__"
+    )
+
+    guideline: Literal["eshre", "asrm", "rcog"] = "eshre"
+    knowledge_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=bundled_knowledge_dirs)
+    extra_knowledge_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+
+    data_dir: Path = Path("data")
+    database_url: str | None = None
+    auto_migrate: bool = True
+
+    auth_issuers: dict[str, IssuerConfig] = Field(default_factory=dict)
+    auth_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["ES384", "RS384"]
+    )
+    auth_clock_skew_seconds: int = Field(default=60, ge=0, le=600)
+    auth_max_token_lifetime_seconds: int = Field(default=3600, gt=0, le=86400)
+    auth_jwks_refresh_seconds: int = Field(default=60, ge=1)
+    admin_issuers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    public_base_url: HttpUrl | None = None
+
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=5_000_000, gt=0)
+    fhir_time_budget_seconds: float = Field(default=3.0, gt=0, le=60)
+    return_trace: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator(
+        "knowledge_dirs",
+        "extra_knowledge_dirs",
+        "auth_algorithms",
+        "admin_issuers",
+        "cors_origins",
+        mode="before",
+    )
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("auth_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        refused = [alg for alg in value if alg not in ASYMMETRIC_ALGORITHMS]
+        if refused:
+            raise ValueError(
+                f"algorithms {refused} are not allowed: CDS Hooks forbids 'none' and HMAC; "
+                f"choose from {sorted(ASYMMETRIC_ALGORITHMS)}"
+            )
+        if not value:
+            raise ValueError("at least one signing algorithm is required")
+        return value
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.auth_issuers)
+
+    @property
+    def all_knowledge_dirs(self) -> list[Path]:
+        return [*self.knowledge_dirs, *self.extra_knowledge_dirs]
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'rpl-cds.db').resolve()}"

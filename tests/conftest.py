@@ -1,0 +1,52 @@
+"""Fixtures: the real app (lifespan and all) behind httpx, on a fresh SQLite file per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.settings import Settings
+
+BASE_URL = "http://cds.test"
+
+ClientFactory = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@asynccontextmanager
+async def running(app: FastAPI, base_url: str = BASE_URL) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
+            yield client
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    def factory(**overrides: Any) -> Settings:
+        overrides.setdefault("data_dir", tmp_path / "data")
+        return Settings(**overrides)
+
+    return factory
+
+
+@pytest.fixture
+def make_client(make_settings: Callable[..., Settings]) -> ClientFactory:
+    """`async with make_client(guideline="rcog") as client:` — an app built with those settings."""
+
+    def factory(**overrides: Any) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+        return running(create_app(make_settings(**overrides)))
+
+    return factory
+
+
+@pytest.fixture
+async def client(make_client: ClientFactory) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client() as http:
+        yield http
