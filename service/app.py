@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+
 import httpx
 import yaml
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from sqlalchemy.exc import DBAPIError
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.auth.authenticator import Authenticator
 from service.cdshooks.routes import admin as admin_router
 from service.cdshooks.routes import router as cds_router
 from service.engine.catalogue import load_catalogue
-from service.errors import install_error_handlers
+from service.errors import install_error_handlers, outcome_response
 from service.feedback.store import FeedbackStore
 from service.ops.metrics import Metrics
 from service.ops.middleware import CallObserver
@@ -23,7 +26,6 @@ from service.runtime import Runtime
 from service.settings import Settings, data_root
 
 log = logging.getLogger("rpl_cds")
-
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -69,6 +71,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.openapi = lambda: _contract()  # type: ignore[method-assign]
     install_error_handlers(app)
+    # asyncpg reports a refused connection as a plain ConnectionError, not wrapped by SQLAlchemy.
+    for outage in (DBAPIError, ConnectionError):
+        app.add_exception_handler(outage, _database_unavailable)
     app.include_router(cds_router)
     app.include_router(admin_router)
     app.include_router(ops_router)
@@ -82,6 +87,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(CallObserver, metrics=metrics)
     return app
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    # An outage of the database (feedback store, replay cache) is the service's problem, not the
+    # client's: 503 tells the EHR to try again, where a 401 or 500 would mislead.
+    log.error("database unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
+    return outcome_response(503, "the service's database is unavailable; try again shortly")
 
 
 def _contract() -> dict[str, object]:

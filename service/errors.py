@@ -53,9 +53,14 @@ class ServiceError(Exception):
         return f"{self.status}: {self.diagnostics}"
 
 
-def operation_outcome(status: int, diagnostics: str, issues: Iterable[Issue] = ()) -> dict[str, Any]:
+def operation_outcome(
+    status: int, diagnostics: str, issues: Iterable[Issue] = ()
+) -> dict[str, Any]:
     code = _ISSUE_CODE.get(status, "exception" if status >= 500 else "processing")
-    rendered: list[dict[str, Any]] = []
+    # The summary first, then one issue per specific problem with where it is.
+    rendered: list[dict[str, Any]] = [
+        {"severity": "error", "code": code, "diagnostics": diagnostics}
+    ]
     for issue in issues:
         item: dict[str, Any] = {
             "severity": issue.severity,
@@ -65,8 +70,6 @@ def operation_outcome(status: int, diagnostics: str, issues: Iterable[Issue] = (
         if issue.expression:
             item["expression"] = [issue.expression]
         rendered.append(item)
-    if not rendered:
-        rendered.append({"severity": "error", "code": code, "diagnostics": diagnostics})
     return {"resourceType": "OperationOutcome", "issue": rendered}
 
 
@@ -80,14 +83,18 @@ def outcome_response(
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
-def validation_issues(error: ValidationError | RequestValidationError, root: str = "") -> list[Issue]:
+def validation_issues(
+    error: ValidationError | RequestValidationError, root: str = ""
+) -> list[Issue]:
     """Pydantic errors as issues: where (a FHIRPath-like location) and what, never the input value
     (it may carry patient data that must not be echoed into logs or proxies)."""
     issues = []
     for detail in error.errors():
         location = ".".join(str(part) for part in detail["loc"] if part not in ("body",))
         expression = ".".join(part for part in (root, location) if part) or None
-        issues.append(Issue(diagnostics=f"{expression or 'request'}: {detail['msg']}", expression=expression))
+        issues.append(
+            Issue(diagnostics=f"{expression or 'request'}: {detail['msg']}", expression=expression)
+        )
     return issues
 
 
@@ -105,7 +112,8 @@ def install_error_handlers(app: FastAPI) -> None:
         diagnostics = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404 and diagnostics == "Not Found":
             diagnostics = "no such endpoint"
-        return outcome_response(exc.status_code, diagnostics, headers=exc.headers)
+        headers = dict(exc.headers) if exc.headers else None
+        return outcome_response(exc.status_code, diagnostics, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -15,7 +15,9 @@ JSON_MEDIA_TYPES = frozenset({"application/json", "application/fhir+json"})
 async def read_json(request: Request, limit: int) -> Any:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type not in JSON_MEDIA_TYPES:
-        raise ServiceError(415, f"Content-Type must be application/json, not '{media_type or 'none'}'")
+        raise ServiceError(
+            415, f"Content-Type must be application/json, not '{media_type or 'none'}'"
+        )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ServiceError(413, f"request body is larger than the {limit}-byte limit")

@@ -64,7 +64,9 @@ def _card(
     if action.get("description"):
         card["detail"] = action["description"]
     suggestions = [
-        _suggestion(child, contained, uid) for child in action.get("action", []) if child.get("title")
+        _suggestion(child, contained, uid)
+        for child in action.get("action", [])
+        if child.get("title")
     ]
     if suggestions:
         card["suggestions"] = suggestions
@@ -96,7 +98,11 @@ def _source(action: Mapping[str, Any], default_label: str) -> dict[str, Any]:
 
 def _links(action: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [
-        {"label": d.get("display") or d.get("label") or d["url"], "url": d["url"], "type": "absolute"}
+        {
+            "label": d.get("display") or d.get("label") or d["url"],
+            "url": d["url"],
+            "type": "absolute",
+        }
         for d in action.get("documentation", [])
         if d.get("url") and d.get("type") in {"documentation", "justification", "citation"}
     ]

@@ -21,7 +21,8 @@ from pydantic import (
 NonEmpty = Annotated[str, StringConstraints(min_length=1, strip_whitespace=False)]
 # `userId` names a FHIR resource: Practitioner, PractitionerRole, Patient or RelatedPerson.
 UserReference = Annotated[
-    str, StringConstraints(pattern=r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[^/\s]+$")
+    str,
+    StringConstraints(pattern=r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[^/\s]+$"),
 ]
 FhirId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
 

@@ -98,13 +98,17 @@ class _Run:
     trace: list[TraceEntry]
     contained: list[dict[str, Any]]
 
-    def bind(self, variables: list[Variable], environment: dict[str, Any], entry: TraceEntry) -> bool:
+    def bind(
+        self, variables: list[Variable], environment: dict[str, Any], entry: TraceEntry
+    ) -> bool:
         for variable in variables:
             try:
                 value = variable.expression(environment.get("patient") or {}, environment)
-            except Exception as error:  # noqa: BLE001 - fhirpathpy raises many types
+            except Exception as error:
                 entry.error = f"variable {variable.name}: {error}"
-                log.warning("variable failed", extra={"detail": entry.action, "variable": variable.name})
+                log.warning(
+                    "variable failed", extra={"detail": entry.action, "variable": variable.name}
+                )
                 return False
             environment[variable.name] = value
             entry.variables[variable.name] = value
@@ -119,7 +123,7 @@ class _Run:
         for condition in action.conditions:
             try:
                 value = condition(environment.get("patient") or {}, environment)
-            except Exception as error:  # noqa: BLE001 - fhirpathpy raises many types
+            except Exception as error:
                 entry.error = f"condition: {error}"
                 log.warning("condition failed", extra={"detail": action.path})
                 return None
@@ -129,7 +133,9 @@ class _Run:
         entry.applied = True
         out: dict[str, Any] = {"id": action.key}
         out.update({name: action.raw[name] for name in _COPIED_FIELDS if name in action.raw})
-        extensions = [e for e in action.raw.get("extension", []) if e.get("url") != VARIABLE_EXTENSION]
+        extensions = [
+            e for e in action.raw.get("extension", []) if e.get("url") != VARIABLE_EXTENSION
+        ]
         if extensions:
             out["extension"] = extensions
         if action.activity is not None:

@@ -20,7 +20,7 @@ from fhirpathpy.models import models
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
-R4_MODEL: Mapping[str, Any] = models["r4"]
+R4_MODEL: dict[str, Any] = models["r4"]
 
 # `%name` outside string literals and backtick-quoted identifiers.
 _STRINGS = re.compile(r"'(?:[^'\\]|\\.)*'|`[^`]*`")
@@ -38,7 +38,7 @@ class _CollectingListener(ErrorListener):  # type: ignore[misc]
     def __init__(self) -> None:
         self.errors: list[str] = []
 
-    def syntaxError(  # noqa: N802 - ANTLR's callback name
+    def syntaxError(
         self, recognizer: Any, offendingSymbol: Any, line: int, column: int, msg: str, e: Any
     ) -> None:
         self.errors.append(f"column {column + 1}: {msg}")

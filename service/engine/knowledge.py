@@ -27,6 +27,15 @@ KNOWLEDGE_TYPES = frozenset(
     {"PlanDefinition", "ActivityDefinition", "Library", "ValueSet", "CodeSystem", "ConceptMap"}
 )
 FHIRPATH = "text/fhirpath"
+# fhir.resources checks structure and datatypes but not code bindings; these codes drive the card
+# mapping, so a misspelt one must not silently become the default.
+ACTION_CODES = {
+    "priority": frozenset({"routine", "urgent", "asap", "stat"}),
+    "selectionBehavior": frozenset(
+        {"any", "all", "all-or-none", "exactly-one", "at-most-one", "one-or-more"}
+    ),
+    "groupingBehavior": frozenset({"visual-group", "logical-group", "sentence-group"}),
+}
 # Variables the engine puts in every evaluation's environment (see engine/apply.py).
 ENGINE_VARIABLES = frozenset({"patient", "context", "guideline", "hook", "missingData", "today"})
 
@@ -212,6 +221,11 @@ class _PlanCompiler:
 
     def _action(self, raw: dict[str, Any], path: str, known: set[str]) -> Action:
         scope = set(known)  # variables of an action are visible to it and its children only
+        for element, allowed in ACTION_CODES.items():
+            if element in raw and raw[element] not in allowed:
+                self._problem(
+                    f"{path}.{element}", f"'{raw[element]}' is not one of {sorted(allowed)}"
+                )
         variables = self._variables(raw, path, scope)
         conditions = []
         for index, condition in enumerate(raw.get("condition", [])):
@@ -219,7 +233,9 @@ class _PlanCompiler:
             if condition.get("kind") != "applicability":
                 self._problem(where, f"condition kind '{condition.get('kind')}' is not supported")
                 continue
-            compiled = self._expression(condition.get("expression", {}), f"{where}.expression", scope)
+            compiled = self._expression(
+                condition.get("expression", {}), f"{where}.expression", scope
+            )
             if compiled is not None:
                 conditions.append(compiled)
         children = [
@@ -232,7 +248,9 @@ class _PlanCompiler:
             if trigger.get("type") == "named-event" and trigger.get("name")
         )
         key = raw.get("id") or _topic_code(raw) or path
-        return Action(raw, path, key, hooks, variables, conditions, children, self._activity(raw, path))
+        return Action(
+            raw, path, key, hooks, variables, conditions, children, self._activity(raw, path)
+        )
 
     def _variables(self, owner: dict[str, Any], path: str, scope: set[str]) -> list[Variable]:
         variables = []
@@ -281,7 +299,8 @@ class _PlanCompiler:
         target = self.knowledge.resolve(canonical)
         if target is None or target.get("resourceType") != "ActivityDefinition":
             self._problem(
-                f"{path}.definitionCanonical", f"{canonical} does not resolve to an ActivityDefinition"
+                f"{path}.definitionCanonical",
+                f"{canonical} does not resolve to an ActivityDefinition",
             )
             return None
         return target

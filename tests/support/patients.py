@@ -82,9 +82,11 @@ class Scenario:
         }
 
     def draft_bundle(self) -> dict[str, Any]:
-        return {"resourceType": "Bundle", "type": "collection", "entry": [
-            {"resource": order} for order in self.draft_orders
-        ]}
+        return {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": order} for order in self.draft_orders],
+        }
 
 
 def workup_request(scenario: Scenario, **overrides: Any) -> dict[str, Any]:

@@ -1,0 +1,249 @@
+"""Broken knowledge stops start-up with file, element and reason; `rpl-cds validate` reports it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.engine.catalogue import load_catalogue
+from service.engine.knowledge import KnowledgeError
+
+VAR = "http://hl7.org/fhir/StructureDefinition/variable"
+
+
+def plan(**changes: Any) -> dict[str, Any]:
+    resource: dict[str, Any] = {
+        "resourceType": "PlanDefinition",
+        "id": "test-plan",
+        "url": "https://example.org/PlanDefinition/test-plan",
+        "status": "active",
+        "description": "test",
+        "action": [
+            {
+                "title": "Card",
+                "trigger": [{"type": "named-event", "name": "patient-view"}],
+                "condition": [
+                    {
+                        "kind": "applicability",
+                        "expression": {"language": "text/fhirpath", "expression": "true"},
+                    }
+                ],
+            }
+        ],
+    }
+    resource.update(changes)
+    return resource
+
+
+def problems_for(tmp_path: Path, files: dict[str, Any]) -> list[str]:
+    for name, content in files.items():
+        text = content if isinstance(content, str) else json.dumps(content)
+        (tmp_path / name).write_text(text)
+    with pytest.raises(KnowledgeError) as caught:
+        load_catalogue([tmp_path])
+    return [str(p) for p in caught.value.problems]
+
+
+def with_condition(expression: str, **action: Any) -> dict[str, Any]:
+    resource = plan()
+    resource["action"][0]["condition"][0]["expression"]["expression"] = expression
+    resource["action"][0].update(action)
+    return resource
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"bad.json": "{not json"}, ["bad.json: -: not readable JSON"]),
+        ({"p.json": plan(date="yesterday")}, ["p.json: PlanDefinition.date"]),
+        (
+            {"p.json": plan(unknownElement=1)},
+            ["p.json: PlanDefinition.unknownElement: Extra inputs"],
+        ),
+        (
+            {"p.json": with_condition("true", priority="high")},
+            ["PlanDefinition.action[0].priority: 'high' is not one of"],
+        ),
+        (
+            {"p.json": with_condition("%x.count(")},
+            ["p.json: PlanDefinition.action[0].condition[0].expression: FHIRPath does not compile"],
+        ),
+        (
+            {"p.json": with_condition("%later > 1")},
+            [
+                "PlanDefinition.action[0].condition[0].expression: variable(s) used before they are defined: ['later']"
+            ],
+        ),
+        (
+            {
+                "p.json": with_condition(
+                    "true",
+                    extension=[
+                        {
+                            "url": VAR,
+                            "valueExpression": {
+                                "name": "a",
+                                "language": "text/fhirpath",
+                                "expression": "%b + 1",
+                            },
+                        },
+                        {
+                            "url": VAR,
+                            "valueExpression": {
+                                "name": "b",
+                                "language": "text/fhirpath",
+                                "expression": "1",
+                            },
+                        },
+                    ],
+                )
+            },
+            [
+                "PlanDefinition.action[0].extension[0].valueExpression: variable(s) used before they are defined: ['b']"
+            ],
+        ),
+        (
+            {
+                "p.json": with_condition(
+                    "true", definitionCanonical="https://example.org/ActivityDefinition/none"
+                )
+            },
+            [
+                "PlanDefinition.action[0].definitionCanonical: https://example.org/ActivityDefinition/none does not resolve"
+            ],
+        ),
+        (
+            {"a.json": plan(), "b.json": plan(id="other")},
+            ["duplicate canonical https://example.org/PlanDefinition/test-plan"],
+        ),
+        (
+            {
+                "p.json": with_condition(
+                    "true",
+                    input=[
+                        {
+                            "type": "Observation",
+                            "extension": [
+                                {
+                                    "url": "http://hl7.org/fhir/StructureDefinition/cqf-fhirQueryPattern",
+                                    "valueString": "Observation?patient={{context.patientId}}&x={{context.draftOrders}}",
+                                }
+                            ],
+                        }
+                    ],
+                )
+            },
+            ["prefetch tokens not in CDS Hooks 2.0: ['context.draftOrders']"],
+        ),
+        ({"p.json": plan(id=None)}, ["PlanDefinition.id: an id is required"]),
+        (
+            {"o.json": {"resourceType": "Observation", "status": "final", "code": {}}},
+            ["o.json: Observation: unsupported resource type"],
+        ),
+        (
+            {
+                "p.json": with_condition(
+                    "true",
+                    condition=[
+                        {
+                            "kind": "start",
+                            "expression": {"language": "text/fhirpath", "expression": "true"},
+                        }
+                    ],
+                )
+            },
+            ["condition kind 'start' is not supported"],
+        ),
+        (
+            {
+                "p.json": with_condition(
+                    "true",
+                    input=[
+                        {
+                            "type": "Condition",
+                            "codeFilter": [
+                                {"path": "code", "valueSet": "https://example.org/ValueSet/missing"}
+                            ],
+                        }
+                    ],
+                )
+            },
+            ["ValueSet https://example.org/ValueSet/missing cannot be expanded"],
+        ),
+    ],
+)
+def test_each_problem_names_file_element_and_reason(
+    tmp_path: Path, files: dict[str, Any], expected: list[str]
+) -> None:
+    problems = problems_for(tmp_path, files)
+    for fragment in expected:
+        assert any(fragment in problem for problem in problems), problems
+
+
+def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
+    problems = problems_for(
+        tmp_path,
+        {
+            "bad.json": "[",
+            "p.json": with_condition("%nope = 1"),
+            "q.json": plan(id="q", url="https://example.org/q", date="x"),
+        },
+    )
+    assert len(problems) >= 3
+
+
+def test_value_set_codes_become_a_prefetch_filter(tmp_path: Path) -> None:
+    value_set = {
+        "resourceType": "ValueSet",
+        "url": "https://example.org/ValueSet/losses",
+        "status": "active",
+        "compose": {
+            "include": [
+                {"system": "http://snomed.info/sct", "concept": [{"code": "1"}, {"code": "2"}]}
+            ]
+        },
+    }
+    resource = with_condition(
+        "true",
+        input=[
+            {
+                "id": "losses",
+                "type": "Condition",
+                "codeFilter": [{"path": "code", "valueSet": value_set["url"]}],
+            }
+        ],
+    )
+    (tmp_path / "vs.json").write_text(json.dumps(value_set))
+    (tmp_path / "p.json").write_text(json.dumps(resource))
+    service = load_catalogue([tmp_path]).services["test-plan"]
+    assert service.prefetch == {
+        "losses": "Condition?patient={{context.patientId}}&code=http://snomed.info/sct|1,http://snomed.info/sct|2"
+    }
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_validate_command_passes_on_the_shipped_knowledge() -> None:
+    result = run_cli("validate")
+    assert result.returncode == 0, result.stderr
+    assert "service rpl-workup (patient-view)" in result.stdout
+
+
+def test_validate_command_fails_on_broken_knowledge(tmp_path: Path) -> None:
+    (tmp_path / "p.json").write_text(json.dumps(with_condition("%x.count(")))
+    result = run_cli("validate", str(tmp_path))
+    assert result.returncode == 1
+    assert (
+        "p.json: PlanDefinition.action[0].condition[0].expression: FHIRPath does not compile"
+        in result.stderr
+    )
+    assert "1 problem(s) found" in result.stderr

@@ -1,0 +1,99 @@
+"""Liveness, readiness, metrics, CORS and what the logs may contain."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import httpx
+import pytest
+from support.patients import Scenario, workup_request
+from test_service_calls import WORKUP, assert_outcome, two_losses
+
+
+async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "alive"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["database"] == "reachable"
+
+
+async def test_not_ready_when_the_database_is_unreachable(make_client: Any) -> None:
+    closed_port = "postgresql+asyncpg://postgres@127.0.0.1:9/none"
+    async with make_client(database_url=closed_port, auto_migrate=False) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        assert_outcome(await client.get("/readyz"), 503, "database")
+
+
+async def test_metrics_count_calls_and_cards(client: httpx.AsyncClient) -> None:
+    await client.post(WORKUP, json=workup_request(two_losses()))
+    await client.post("/cds-services/none", json={})
+    text = (await client.get("/metrics")).text
+    assert (
+        'rpl_cds_requests_total{endpoint="/cds-services/{service_id}",service="rpl-workup",status="200"} 1.0'
+        in text
+    )
+    # An unknown service id never becomes a label value (it would let callers grow the series).
+    assert 'service="none"' not in text
+    assert 'rpl_cds_cards_total{service="rpl-workup",topic="lifestyle-support"} 1.0' in text
+    assert "rpl_cds_request_duration_seconds_bucket" in text
+    assert "rpl_cds_fhir_fetch_duration_seconds" in text
+
+
+async def test_no_identifier_token_or_content_in_logs(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    scenario = Scenario("secretive").female().miscarriage("2024-01-10").miscarriage("2024-06-02")
+    secret_token = "at-very-secret-access-token-1234"
+    jwt_like = "eyJhbGciOiJFUzM4NCJ9.eyJpc3MiOiJ4In0.c2lnbmF0dXJl"
+    body = workup_request(scenario)
+    body["fhirServer"] = "https://ehr.example/fhir"
+    body["fhirAuthorization"] = {
+        "access_token": secret_token,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "rpl-cds",
+        "patient": scenario.patient_id,
+    }
+    caplog.set_level(logging.DEBUG)
+    ok = await client.post(WORKUP, json=body, headers={"authorization": f"Bearer {jwt_like}"})
+    bad = dict(body, hookInstance="nope")
+    rejected = await client.post(WORKUP, json=bad, headers={"authorization": f"Bearer {jwt_like}"})
+    assert ok.status_code == 200 and rejected.status_code == 400
+
+    records = [r for r in caplog.records if r.name.startswith("rpl_cds")]
+    logged = "\n".join(
+        json.dumps({k: str(v) for k, v in vars(r).items()}) + r.getMessage() for r in records
+    )
+    for secret in (scenario.patient_id, secret_token, jwt_like, "2024-01-10", "Miscarriage"):
+        assert secret not in logged
+    calls = [r for r in records if r.name == "rpl_cds.calls" and r.status == 200]
+    assert calls, "one line per call"
+    call = calls[0]
+    assert call.hookInstance == body["hookInstance"]
+    assert call.service == "rpl-workup" and call.cards == 1 and call.duration_ms >= 0
+
+
+async def test_cors_is_off_by_default(client: httpx.AsyncClient) -> None:
+    response = await client.get("/cds-services", headers={"origin": "https://ehr.example"})
+    assert "access-control-allow-origin" not in response.headers
+
+
+async def test_cors_allows_configured_origins_only(make_client: Any) -> None:
+    async with make_client(cors_origins="https://ehr.example, https://sandbox.example") as client:
+        preflight = await client.options(
+            WORKUP,
+            headers={
+                "origin": "https://sandbox.example",
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "authorization, content-type",
+            },
+        )
+        allowed = await client.get("/cds-services", headers={"origin": "https://ehr.example"})
+        other = await client.get("/cds-services", headers={"origin": "https://evil.example"})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://sandbox.example"
+    assert allowed.headers["access-control-allow-origin"] == "https://ehr.example"
+    assert "access-control-allow-origin" not in other.headers

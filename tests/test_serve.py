@@ -1,0 +1,69 @@
+"""`rpl-cds serve` as an admin starts it: a real uvicorn process on loopback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from support.live_service import live_service
+from support.patients import Scenario, topics, workup_request
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_embedded_defaults(tmp_path: Path, workers: str) -> None:
+    with live_service(tmp_path / "data", "--workers", workers) as service:
+        discovery = httpx.get(f"{service.url}/cds-services", timeout=5)
+        scenario = Scenario("two").female().miscarriage("2023-02-01").miscarriage("2023-09-01")
+        calls = [
+            httpx.post(
+                f"{service.url}/cds-services/rpl-workup", json=workup_request(scenario), timeout=5
+            )
+            for _ in range(6)  # several calls, so that with 2 workers both are likely used
+        ]
+        output = service.output()
+    assert discovery.status_code == 200
+    assert all(
+        call.status_code == 200 and topics(call.json()) == {"lifestyle-support"} for call in calls
+    )
+    assert (tmp_path / "data" / "rpl-cds.db").is_file()
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert any("authentication is OFF" in line["message"] for line in lines)
+    call_lines = [line for line in lines if line.get("logger") == "rpl_cds.calls"]
+    assert any(
+        line.get("service") == "rpl-workup" and line.get("status") == 200 for line in call_lines
+    )
+
+
+def test_serve_refuses_to_start_on_broken_knowledge(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "bad.json").write_text("{")
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "RPL_CDS_EXTRA_KNOWLEDGE_DIRS": str(broken),
+            "RPL_CDS_DATA_DIR": str(tmp_path),
+            "PATH": "",
+        },
+    )
+    assert result.returncode == 1
+    assert "bad.json: -: not readable JSON" in result.stderr
+
+
+def test_serve_refuses_invalid_settings(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"RPL_CDS_GUIDELINE": "nice", "RPL_CDS_DATA_DIR": str(tmp_path), "PATH": ""},
+    )
+    assert result.returncode == 2
+    assert "guideline" in result.stderr
