@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 import httpx
 import yaml
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from sqlalchemy.exc import DBAPIError
-from fastapi.middleware.cors import CORSMiddleware
 
 from service.auth.authenticator import Authenticator
 from service.cdshooks.routes import admin as admin_router

@@ -10,9 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-
 from conftest import running
-from service.app import create_app
 from support.jwt_tokens import (
     SigningKey,
     bearer,
@@ -24,6 +22,8 @@ from support.jwt_tokens import (
 )
 from support.patients import workup_request
 from test_service_calls import WORKUP, assert_outcome, two_losses
+
+from service.app import create_app
 
 EHR = "https://ehr.example"
 ADMIN = "https://admin.example"
@@ -76,7 +76,9 @@ async def test_operations_endpoints_stay_open(secured: Any) -> None:
             assert (await client.get(path)).status_code == 200
 
 
-async def test_valid_tokens_for_the_exact_endpoint(secured: Any, keys: dict[str, SigningKey]) -> None:
+async def test_valid_tokens_for_the_exact_endpoint(
+    secured: Any, keys: dict[str, SigningKey]
+) -> None:
     async with secured() as client:
         discovery = await client.get("/cds-services", headers=token(keys["ehr"], "/cds-services"))
         call = await client.post(
@@ -92,7 +94,9 @@ async def test_valid_tokens_for_the_exact_endpoint(secured: Any, keys: dict[str,
     assert epic_style.status_code == 200
 
 
-async def test_token_for_another_endpoint_is_refused(secured: Any, keys: dict[str, SigningKey]) -> None:
+async def test_token_for_another_endpoint_is_refused(
+    secured: Any, keys: dict[str, SigningKey]
+) -> None:
     async with secured() as client:
         response = await client.post(
             WORKUP, json=workup_request(two_losses()), headers=token(keys["ehr"], "/cds-services")
@@ -116,7 +120,8 @@ async def test_forged_tokens_get_the_same_bare_401(
 ) -> None:
     async with secured() as client:
         response = await client.get(
-            "/cds-services", headers={"authorization": bearer(forge(keys["ehr"], f"{BASE}/cds-services"))}
+            "/cds-services",
+            headers={"authorization": bearer(forge(keys["ehr"], f"{BASE}/cds-services"))},
         )
     assert response.status_code == 401
     assert response.json() == {
@@ -143,7 +148,9 @@ async def test_public_base_url_sets_the_audience(secured: Any, keys: dict[str, S
         internal = await client.get("/cds-services", headers=token(keys["ehr"], "/cds-services"))
         as_called = await client.get(
             "/cds-services",
-            headers={"authorization": bearer(mint(keys["ehr"], iss=EHR, aud=f"{public}/cds-services"))},
+            headers={
+                "authorization": bearer(mint(keys["ehr"], iss=EHR, aud=f"{public}/cds-services"))
+            },
         )
     assert internal.status_code == 401
     assert as_called.status_code == 200
@@ -151,7 +158,9 @@ async def test_public_base_url_sets_the_audience(secured: Any, keys: dict[str, S
 
 async def test_analytics_only_for_admin_issuers(secured: Any, keys: dict[str, SigningKey]) -> None:
     async with secured(admin_issuers=ADMIN) as client:
-        ehr = await client.get("/analytics/feedback", headers=token(keys["ehr"], "/analytics/feedback"))
+        ehr = await client.get(
+            "/analytics/feedback", headers=token(keys["ehr"], "/analytics/feedback")
+        )
         admin = await client.get(
             "/analytics/feedback", headers=token(keys["admin"], "/analytics/feedback", iss=ADMIN)
         )

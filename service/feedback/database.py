@@ -1,0 +1,68 @@
+"""The async engine for the feedback database: SQLite (WAL) by default, PostgreSQL via asyncpg."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+# How long an SQLite writer waits for another writer (another task or worker process) before it
+# gives up with "database is locked"; feedback batches are small, so waits are short.
+SQLITE_BUSY_TIMEOUT_MS = 5000
+# asyncpg waits 60 s for an unreachable server by default; startup and health checks should not.
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 10.0
+
+SUPPORTED_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+
+
+def normalise_url(database_url: str) -> URL:
+    """The URL with its async driver filled in: operators write `postgresql://…` or `sqlite:///…`
+    and should not have to know which driver the service uses."""
+    url = make_url(database_url)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+asyncpg")
+    elif url.drivername == "sqlite":
+        url = url.set(drivername="sqlite+aiosqlite")
+    if url.drivername not in SUPPORTED_DRIVERS:
+        raise ValueError(
+            f"unsupported database URL scheme {url.drivername!r}: "
+            f"use one of {', '.join(SUPPORTED_DRIVERS)}"
+        )
+    return url
+
+
+def create_engine(database_url: str) -> AsyncEngine:
+    url = normalise_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        _create_parent_dir(url)
+        engine = create_async_engine(url)
+        event.listen(engine.sync_engine, "connect", _configure_sqlite_connection)
+        return engine
+    return create_async_engine(
+        url,
+        # A PostgreSQL restart or failover leaves dead connections in the pool; check on checkout.
+        pool_pre_ping=True,
+        connect_args={"timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS},
+    )
+
+
+def _create_parent_dir(url: URL) -> None:
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, _connection_record: Any) -> None:
+    # WAL lets readers (analytics) run while a worker writes; the busy timeout makes concurrent
+    # writers from several tasks or processes wait for each other instead of failing at once.
+    # busy_timeout is per connection, hence a connect hook rather than a one-off setting.
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
+    finally:
+        cursor.close()

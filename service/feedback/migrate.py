@@ -1,0 +1,79 @@
+"""Alembic, configured in code so that migrations run from an installed wheel (no alembic.ini).
+
+`upgrade` is for the command line, run once before several worker processes start with
+`migrate=False`; `FeedbackStore.open` uses `upgrade_engine` on its own engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.feedback.database import create_engine
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic's configuration; with `connection`, env.py migrates on it instead of connecting."""
+    config = Config()
+    # Option values go through configparser interpolation, where "%" is special.
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    config.set_main_option("path_separator", "os")
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+async def upgrade_engine(engine: AsyncEngine, revision: str = "head") -> None:
+    # Alembic is synchronous: it runs inside the async connection's greenlet bridge, and the whole
+    # upgrade commits (or rolls back) as one transaction.
+    async with engine.begin() as connection:
+        await connection.run_sync(_upgrade_on, revision)
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as connection:
+        return await connection.run_sync(_current_revision_on)
+
+
+def upgrade(database_url: str) -> None:
+    """Bring the database at `database_url` to the newest schema. Synchronous, for the CLI."""
+    asyncio.run(_upgrade_url(database_url))
+
+
+async def _upgrade_url(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        await upgrade_engine(engine)
+    finally:
+        await engine.dispose()
+
+
+def _upgrade_on(connection: Connection, revision: str) -> None:
+    command.upgrade(alembic_config(connection), revision)
+
+
+def _current_revision_on(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "alembic_config",
+    "current_revision",
+    "head_revision",
+    "upgrade",
+    "upgrade_engine",
+]
