@@ -140,3 +140,32 @@ async def test_peer_feedback_body_is_accepted(client: httpx.AsyncClient) -> None
     assert response.json() == {"received": 2, "stored": 2}
     summary = (await client.get("/analytics/feedback")).json()["topics"]
     assert [t["topic"] for t in summary] == ["unmatched"]
+
+
+@pytest.mark.postgres
+async def test_the_service_on_postgresql(make_client: Any) -> None:
+    """The whole loop, card issued -> feedback -> analytics, on a fresh PostgreSQL database."""
+    from support.db import postgres_database
+
+    async with postgres_database() as url, make_client(database_url=url) as client:
+        assert (await client.get("/readyz")).json()["checks"]["database"] == "reachable"
+        card = await issue_card(client)
+        body = {"feedback": [overridden(card)]}
+        assert (await client.post(f"{ORDER_SIGN}/feedback", json=body)).json()["stored"] == 1
+        assert (await client.post(f"{ORDER_SIGN}/feedback", json=body)).json()["stored"] == 0
+        summary = (await client.get("/analytics/feedback")).json()["topics"]
+    assert summary == [
+        {
+            "topic": "warn-lit",
+            "issued": 1,
+            "accepted": 0,
+            "overridden": 1,
+            "overrideReasons": [
+                {
+                    "reason": f"{card['overrideReasons'][0]['system']}|research-protocol",
+                    "display": card["overrideReasons"][0]["display"],
+                    "count": 1,
+                }
+            ],
+        }
+    ]
