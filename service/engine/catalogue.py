@@ -108,74 +108,68 @@ def _data_requirements(plan: Plan, knowledge: Knowledge) -> Iterable[tuple[str, 
 
 
 def _prefetch(plan: Plan, knowledge: Knowledge, problems: list[Problem]) -> dict[str, str]:
+    builder = _PrefetchBuilder(knowledge, plan.file, problems)
     templates: dict[str, str] = {}
     for path, requirement in _data_requirements(plan, knowledge):
         key = requirement.get("id") or requirement.get("type", "data")
-        template = _template(requirement, knowledge, path, plan.file, problems)
+        template = builder.template(requirement, path)
         if template is None:
             continue
         if key in templates and templates[key] != template:
-            problems.append(
-                Problem(plan.file, path, f"prefetch key '{key}' is used for two different queries")
-            )
+            builder.problem(path, f"prefetch key '{key}' is used for two different queries")
             continue
         templates[key] = template
     return templates
 
 
-def _template(
-    requirement: dict[str, Any],
-    knowledge: Knowledge,
-    path: str,
-    file: Path,
-    problems: list[Problem],
-) -> str | None:
-    pattern = next(
-        (
-            extension.get("valueString")
-            for extension in requirement.get("extension", [])
-            if extension.get("url") == QUERY_PATTERN_EXTENSION
-        ),
-        None,
-    )
-    template = pattern or _query_from_requirement(requirement, knowledge, path, file, problems)
-    if template is None:
-        return None
-    bad = [token for token in _TOKEN.findall(template) if token not in ALLOWED_TOKENS]
-    if bad:
-        problems.append(Problem(file, path, f"prefetch tokens not in CDS Hooks 2.0: {bad}"))
-        return None
-    return template
+@dataclass
+class _PrefetchBuilder:
+    knowledge: Knowledge
+    file: Path
+    problems: list[Problem]
 
+    def problem(self, path: str, reason: str) -> None:
+        self.problems.append(Problem(self.file, path, reason))
 
-def _query_from_requirement(
-    requirement: dict[str, Any],
-    knowledge: Knowledge,
-    path: str,
-    file: Path,
-    problems: list[Problem],
-) -> str | None:
-    resource_type = requirement["type"]
-    if resource_type == "Patient":
-        return "Patient/{{context.patientId}}"
-    params = ["patient={{context.patientId}}"]
-    for index, code_filter in enumerate(requirement.get("codeFilter", [])):
-        where = f"{path}.codeFilter[{index}]"
-        search_param = code_filter.get("searchParam") or code_filter.get("path")
-        if not search_param:
-            problems.append(Problem(file, where, "needs searchParam or path"))
+    def template(self, requirement: dict[str, Any], path: str) -> str | None:
+        """The explicit `cqf-fhirQueryPattern`, else a query built from the requirement."""
+        pattern = next(
+            (
+                extension.get("valueString")
+                for extension in requirement.get("extension", [])
+                if extension.get("url") == QUERY_PATTERN_EXTENSION
+            ),
+            None,
+        )
+        template = pattern or self._query(requirement, path)
+        if template is None:
             return None
-        codes = [f"{c['system']}|{c['code']}" for c in code_filter.get("code", [])]
-        if code_filter.get("valueSet"):
-            expanded = _expand(code_filter["valueSet"], knowledge)
-            if expanded is None:
-                problems.append(
-                    Problem(file, where, f"ValueSet {code_filter['valueSet']} cannot be expanded")
-                )
+        bad = [token for token in _TOKEN.findall(template) if token not in ALLOWED_TOKENS]
+        if bad:
+            self.problem(path, f"prefetch tokens not in CDS Hooks 2.0: {bad}")
+            return None
+        return template
+
+    def _query(self, requirement: dict[str, Any], path: str) -> str | None:
+        resource_type = requirement["type"]
+        if resource_type == "Patient":
+            return "Patient/{{context.patientId}}"
+        params = ["patient={{context.patientId}}"]
+        for index, code_filter in enumerate(requirement.get("codeFilter", [])):
+            where = f"{path}.codeFilter[{index}]"
+            search_param = code_filter.get("searchParam") or code_filter.get("path")
+            if not search_param:
+                self.problem(where, "needs searchParam or path")
                 return None
-            codes.extend(expanded)
-        params.append(f"{search_param}={','.join(dict.fromkeys(codes))}")
-    return f"{resource_type}?{'&'.join(params)}"
+            codes = [f"{c['system']}|{c['code']}" for c in code_filter.get("code", [])]
+            if code_filter.get("valueSet"):
+                expanded = _expand(code_filter["valueSet"], self.knowledge)
+                if expanded is None:
+                    self.problem(where, f"ValueSet {code_filter['valueSet']} cannot be expanded")
+                    return None
+                codes.extend(expanded)
+            params.append(f"{search_param}={','.join(dict.fromkeys(codes))}")
+        return f"{resource_type}?{'&'.join(params)}"
 
 
 def _expand(canonical: str, knowledge: Knowledge) -> list[str] | None:
