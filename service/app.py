@@ -69,7 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
         openapi_url="/openapi.json",
     )
-    app.openapi = lambda: _contract()  # type: ignore[method-assign]
+    contract = _contract()
+    app.openapi = lambda: contract  # type: ignore[method-assign]
     install_error_handlers(app)
     # asyncpg reports a refused connection as a plain ConnectionError, not wrapped by SQLAlchemy.
     for outage in (DBAPIError, ConnectionError):

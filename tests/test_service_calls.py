@@ -271,3 +271,31 @@ async def test_peer_bad_requests(client: httpx.AsyncClient, peer_file: str, stat
     response = await client.post(WORKUP, content=body, headers={"content-type": "application/json"})
     assert response.status_code == status, response.text
     assert response.json()["resourceType"] == "OperationOutcome"
+
+
+async def test_a_search_bundle_with_only_an_error_outcome_is_missing_data(
+    client: httpx.AsyncClient,
+) -> None:
+    body = workup_request(two_losses())
+    error = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "exception"}],
+    }
+    body["prefetch"]["miscarriages"] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": error, "search": {"mode": "outcome"}}],
+    }
+    assert topics((await client.post(WORKUP, json=body)).json()) == {"data-incomplete"}
+
+
+async def test_warnings_beside_results_are_not_errors(client: httpx.AsyncClient) -> None:
+    body = workup_request(two_losses())
+    warning = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "warning", "code": "informational"}],
+    }
+    body["prefetch"]["miscarriages"]["entry"].append(
+        {"resource": warning, "search": {"mode": "outcome"}}
+    )
+    assert topics((await client.post(WORKUP, json=body)).json()) == {"lifestyle-support"}

@@ -39,17 +39,22 @@ class Resolution:
 
 
 def _is_error(value: Mapping[str, Any]) -> bool:
+    """An OperationOutcome, or a Bundle holding nothing but error OperationOutcomes (a failed
+    search). A Bundle with results and an OperationOutcome beside them carries warnings only."""
     if value.get("resourceType") == "OperationOutcome":
         return True
-    entries = value.get("entry", []) if value.get("resourceType") == "Bundle" else []
-    return any(
-        isinstance(e, dict)
-        and (e.get("resource") or {}).get("resourceType") == "OperationOutcome"
-        and ((e.get("search") or {}).get("mode") != "outcome")  # a search's warnings are not errors
-        for e in entries
-    ) and not any(
-        isinstance(e, dict) and (e.get("resource") or {}).get("resourceType") != "OperationOutcome"
-        for e in entries
+    if value.get("resourceType") != "Bundle":
+        return False
+    resources = [e.get("resource") or {} for e in value.get("entry", []) if isinstance(e, dict)]
+    outcomes = [r for r in resources if r.get("resourceType") == "OperationOutcome"]
+    return (
+        bool(outcomes)
+        and len(outcomes) == len(resources)
+        and any(
+            issue.get("severity") in ("error", "fatal")
+            for outcome in outcomes
+            for issue in outcome.get("issue", [])
+        )
     )
 
 
