@@ -169,3 +169,24 @@ async def test_the_service_on_postgresql(make_client: Any) -> None:
             ],
         }
     ]
+
+
+async def test_reasons_without_display_and_extensions(client: httpx.AsyncClient) -> None:
+    card = await issue_card(client)
+    reason = {k: v for k, v in card["overrideReasons"][0].items() if k != "display"}
+    body = {
+        "feedback": [
+            {
+                "card": card["uuid"],
+                "outcome": "overridden",
+                "overrideReason": {"reason": reason},
+                "outcomeTimestamp": "2026-11-21T10:10:23Z",
+            }
+        ],
+        "extension": {"com.example.ehr": {"site": "north"}},
+    }
+    assert (await client.post(f"{ORDER_SIGN}/feedback", json=body)).json()["stored"] == 1
+    topic = (await client.get("/analytics/feedback")).json()["topics"][0]
+    assert topic["overrideReasons"] == [
+        {"reason": f"{reason['system']}|{reason['code']}", "count": 1}
+    ]

@@ -162,3 +162,4 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     feedback: Annotated[list[FeedbackItem], Field(min_length=1, max_length=1000)]
+    extension: dict[str, Any] | None = None

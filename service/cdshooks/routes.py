@@ -168,7 +168,9 @@ def _summary_json(summary: TopicSummary) -> dict[str, Any]:
         "issued": summary.issued,
         "accepted": summary.accepted,
         "overridden": summary.overridden,
+        # A display is optional in feedback; when no client sent one it is left out, not null.
         "overrideReasons": [
-            {"reason": key, **value} for key, value in sorted(summary.override_reasons.items())
+            {"reason": key, **{k: v for k, v in value.items() if v is not None}}
+            for key, value in sorted(summary.override_reasons.items())
         ],
     }
