@@ -19,6 +19,7 @@ from service.cdshooks.routes import router as cds_router
 from service.engine.catalogue import load_catalogue
 from service.errors import install_error_handlers, outcome_response
 from service.feedback.store import FeedbackStore
+from service.fhirops.routes import router as fhirops_router
 from service.ops.metrics import Metrics
 from service.ops.middleware import CallObserver
 from service.ops.routes import router as ops_router
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_exception_handler(outage, _database_unavailable)
     app.include_router(cds_router)
     app.include_router(admin_router)
+    app.include_router(fhirops_router)
     app.include_router(ops_router)
     if settings.cors_origins:
         app.add_middleware(

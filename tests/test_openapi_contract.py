@@ -559,6 +559,7 @@ def _secured_operations() -> list[tuple[str, str, str]]:
     concrete = {
         "/cds-services/{service_id}": f"/cds-services/{WORKUP}",
         "/cds-services/{service_id}/feedback": f"/cds-services/{WORKUP}/feedback",
+        "/PlanDefinition/{plan_id}/$apply": "/PlanDefinition/rpl-workup/$apply",
     }
     return [
         (method.upper(), path, concrete.get(path, path))
@@ -576,6 +577,7 @@ def test_security_is_documented_per_operation() -> None:
         ("POST", "/cds-services/{service_id}"),
         ("POST", "/cds-services/{service_id}/feedback"),
         ("GET", "/analytics/feedback"),
+        ("POST", "/PlanDefinition/{plan_id}/$apply"),
     }
     for path in ("/healthz", "/readyz", "/metrics"):
         assert CONTRACT["paths"][path]["get"]["security"] == []

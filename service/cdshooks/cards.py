@@ -143,15 +143,46 @@ def _suggestion(
     )
     if recommended is not None:
         suggestion["isRecommended"] = recommended
-    reference = (action.get("resource") or {}).get("reference", "")
-    resource = contained.get(reference.removeprefix("#"))
-    if resource is not None:
-        created = {k: v for k, v in resource.items() if k != "id"}
-        suggestion["actions"] = [
-            {
-                "type": "create",
-                "description": action.get("description") or action["title"],
-                "resource": created,
-            }
-        ]
+    # The suggestion's own resource, then its child actions (HL7 mapping: action.action.action).
+    steps = [
+        _step(action, contained),
+        *(_step(child, contained) for child in action.get("action", [])),
+    ]
+    actions = sorted((step for step in steps if step), key=lambda step: _STEP_ORDER[step["type"]])
+    if actions:
+        suggestion["actions"] = actions
     return suggestion
+
+
+# CDS Hooks asks clients to apply a suggestion's actions as a transaction: deletes first.
+_STEP_ORDER = {"delete": 0, "create": 1}
+
+
+def _step(
+    action: Mapping[str, Any], contained: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any] | None:
+    """One CDS Hooks action: `remove` of an existing resource becomes `delete` by resourceId; a
+    resource created by $apply becomes `create`."""
+    reference = (action.get("resource") or {}).get("reference", "")
+    if not reference:
+        return None
+    description = action.get("description") or action.get("title") or "Apply the suggestion"
+    kind = _action_type(action)
+    if not reference.startswith("#"):
+        if kind != "remove":
+            return None
+        return {"type": "delete", "description": description, "resourceId": reference}
+    resource = contained.get(reference.removeprefix("#"))
+    if resource is None:
+        return None
+    body = {k: v for k, v in resource.items() if k != "id"}
+    return {
+        "type": "update" if kind == "update" else "create",
+        "description": description,
+        "resource": body,
+    }
+
+
+def _action_type(action: Mapping[str, Any]) -> str:
+    coding = _first_coding([action.get("type") or {}]) or {}
+    return str(coding.get("code", "create"))

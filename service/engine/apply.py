@@ -1,43 +1,84 @@
 """PlanDefinition $apply over a patient record: the applicable actions as an R4 RequestGroup, plus a
-trace of what each condition and variable evaluated to.
+trace of what each condition and variable evaluated to and which resources fed them.
 
-Semantics: an action applies when every `applicability` condition evaluates to exactly `true`
-(empty or false means it does not apply, as in the CQF reference implementation). A top-level
-action with named-event triggers applies only to those hooks. Variables are evaluated in document
-order; an action's variables are visible to its conditions and to its children. An expression that
-fails at run time makes its action not applicable and is recorded in the trace, it never fails the
-call.
+Semantics (documented for authors in docs/knowledge-authoring.md):
+- An action applies when every `applicability` condition evaluates to exactly `true`; empty or
+  false means it does not apply (as in the CQF reference implementation). `start` and `stop`
+  conditions are refused at load: a hook call is one point in time, with no workflow to start or
+  stop.
+- A top-level action with named-event triggers applies only to those hooks.
+- Variables are evaluated in document order; an action's variables are visible to its conditions,
+  dynamic values and children.
+- `dynamicValue` paths `title`, `description`, `priority`, `timingDateTime`, `textEquivalent` set
+  the RequestGroup action; `resource` names existing resources the action is about (one
+  RequestGroup action per target, used to remove draft orders); any other path sets the resource
+  created from the action's ActivityDefinition.
+- `relatedAction` with an offset dates an action from another action's `timingDateTime` (e.g. a
+  repeat test 12 weeks after an earlier result), resolved once all actions are evaluated.
+- An expression that fails at run time makes its action not applicable and is recorded in the
+  trace; it never fails the call.
 """
 
 from __future__ import annotations
 
+import calendar
+import copy
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
-from service.engine.knowledge import VARIABLE_EXTENSION, Action, Plan, Variable
+from service.engine.fhirpath import CompiledExpression
+from service.engine.knowledge import (
+    ACTION_PATHS,
+    VARIABLE_EXTENSION,
+    Action,
+    Activity,
+    DynamicValue,
+    Plan,
+    Variable,
+)
 
 log = logging.getLogger("rpl_cds.engine")
 
 _COPIED_FIELDS = (
     "title",
     "description",
+    "textEquivalent",
     "priority",
     "code",
     "documentation",
     "selectionBehavior",
     "groupingBehavior",
     "type",
+    "relatedAction",
+    "timingDateTime",
+    "timingPeriod",
+    "timingDuration",
+    "timingRange",
+    "timingTiming",
 )
+# ActivityDefinition elements copied onto the request it becomes (same name on both).
+_ACTIVITY_FIELDS = ("priority", "doNotPerform", "bodySite")
+_TIMING_TO_OCCURRENCE = {
+    "timingDateTime": "occurrenceDateTime",
+    "timingPeriod": "occurrencePeriod",
+    "timingTiming": "occurrenceTiming",
+}
+_BEFORE = frozenset({"before-start", "before", "before-end"})
+_AFTER = frozenset({"after-start", "after", "after-end"})
+_PATH_STEP = re.compile(r"^([A-Za-z][A-Za-z0-9]*)(?:\[(\d+)\])?$")
 
 
 @dataclass(frozen=True)
 class Subject:
-    """What the evaluation is about and for: the hook call's inputs, already resolved to data."""
+    """What the evaluation is about and for: the hook call's inputs, already resolved to data.
+    `hook` None (a plain $apply) evaluates every top-level action whatever its triggers."""
 
-    hook: str
+    hook: str | None
     patient_id: str
     context: Mapping[str, Any]
     patient: Mapping[str, Any] | None
@@ -54,6 +95,7 @@ class TraceEntry:
     applied: bool
     conditions: list[Any] = field(default_factory=list)
     variables: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
     error: str | None = None
 
 
@@ -71,40 +113,71 @@ def apply_plan(plan: Plan, subject: Subject) -> Result:
             "patient": dict(subject.patient) if subject.patient else [],
             "context": dict(subject.context),
             "guideline": subject.guideline,
-            "hook": subject.hook,
+            "hook": subject.hook or [],
             "missingData": list(subject.missing_data),
             "today": subject.today.isoformat(),
         }
     )
-    run = _Run(subject, [], [])
-    plan_trace = TraceEntry("PlanDefinition", applied=True)
-    run.trace.append(plan_trace)
+    run = _Run(subject)
+    plan_trace = run.entry("PlanDefinition")
     if not run.bind(plan.variables, environment, plan_trace):
-        plan_trace.applied = False
         return Result(run.request_group(plan, []), run.trace)
+    plan_trace.applied = True
     actions = [
         out
         for action in plan.actions
-        if not action.hooks or subject.hook in action.hooks
-        for out in [run.action(action, environment)]
-        if out is not None
+        if subject.hook is None or not action.hooks or subject.hook in action.hooks
+        for out in run.action(action, environment)
     ]
+    run.resolve_related_timing()
     return Result(run.request_group(plan, actions), run.trace)
+
+
+def plain(value: Any) -> Any:
+    """FHIRPath results as JSON values: fhirpathpy hands back its own date types for literals and
+    Decimal for decimals, neither of which belongs in a card or a trace."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
 
 
 @dataclass
 class _Run:
     subject: Subject
-    trace: list[TraceEntry]
-    contained: list[dict[str, Any]]
+    trace: list[TraceEntry] = field(default_factory=list)
+    contained: list[dict[str, Any]] = field(default_factory=list)
+    by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resources_of: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def entry(self, name: str) -> TraceEntry:
+        entry = TraceEntry(name, applied=False)
+        self.trace.append(entry)
+        return entry
+
+    def evaluate(
+        self, expression: CompiledExpression, environment: Mapping[str, Any], entry: TraceEntry
+    ) -> list[Any]:
+        result = expression(environment.get("patient") or {}, environment)
+        entry.inputs.extend(
+            f"{item['resourceType']}/{item['id']}"
+            for item in result
+            if isinstance(item, dict) and "resourceType" in item and "id" in item
+        )
+        return [plain(item) for item in result]
 
     def bind(
         self, variables: list[Variable], environment: dict[str, Any], entry: TraceEntry
     ) -> bool:
         for variable in variables:
             try:
-                value = variable.expression(environment.get("patient") or {}, environment)
-            except Exception as error:
+                value = self.evaluate(variable.expression, environment, entry)
+            except Exception as error:  # fhirpathpy raises many types
                 entry.error = f"variable {variable.name}: {error}"
                 log.warning(
                     "variable failed", extra={"detail": entry.action, "variable": variable.name}
@@ -114,23 +187,21 @@ class _Run:
             entry.variables[variable.name] = value
         return True
 
-    def action(self, action: Action, outer: Mapping[str, Any]) -> dict[str, Any] | None:
+    def action(self, action: Action, outer: Mapping[str, Any]) -> list[dict[str, Any]]:
         environment = dict(outer)
-        entry = TraceEntry(action.path, applied=False)
-        self.trace.append(entry)
+        entry = self.entry(action.path)
         if not self.bind(action.variables, environment, entry):
-            return None
+            return []
         for condition in action.conditions:
             try:
-                value = condition(environment.get("patient") or {}, environment)
-            except Exception as error:
+                value = self.evaluate(condition, environment, entry)
+            except Exception as error:  # fhirpathpy raises many types
                 entry.error = f"condition: {error}"
                 log.warning("condition failed", extra={"detail": action.path})
-                return None
+                return []
             entry.conditions.append(value)
             if value != [True]:
-                return None
-        entry.applied = True
+                return []
         out: dict[str, Any] = {"id": action.key}
         out.update({name: action.raw[name] for name in _COPIED_FIELDS if name in action.raw})
         extensions = [
@@ -138,36 +209,112 @@ class _Run:
         ]
         if extensions:
             out["extension"] = extensions
-        if action.activity is not None:
-            out["resource"] = {"reference": f"#{self.create(action.activity, action.key)}"}
-        children = [c for child in action.children if (c := self.action(child, environment))]
+        resource = (
+            self.create(action.activity, action.key, environment, entry)
+            if action.activity
+            else None
+        )
+        targets: list[Any] | None = None
+        try:
+            targets = self.set_dynamic(action.dynamic_values, environment, entry, out, resource)
+        except Exception as error:  # fhirpathpy raises many types
+            entry.error = f"dynamicValue: {error}"
+            log.warning("dynamic value failed", extra={"detail": action.path})
+            return []
+        entry.applied = True
+        if resource is not None:
+            out["resource"] = {"reference": f"#{resource['id']}"}
+            self.resources_of[id(out)] = resource
+        children = [c for child in action.children for c in self.action(child, environment)]
         if children:
             out["action"] = children
-        return out
+        self.by_id[action.key] = out
+        if targets is None:
+            return [out]
+        # One RequestGroup action per existing resource the action is about.
+        return [
+            {**copy.deepcopy(out), "id": f"{action.key}-{index}", "resource": {"reference": target}}
+            for index, target in enumerate(targets, start=1)
+        ]
 
-    def create(self, activity: Mapping[str, Any], key: str) -> str:
-        """A draft request from an ActivityDefinition (ServiceRequest or MedicationRequest)."""
-        resource_id = f"{key}-{len(self.contained) + 1}"
+    def set_dynamic(
+        self,
+        values: list[DynamicValue],
+        environment: Mapping[str, Any],
+        entry: TraceEntry,
+        out: dict[str, Any],
+        resource: dict[str, Any] | None,
+    ) -> list[Any] | None:
+        """Apply dynamic values; return the `resource` targets when the action names some."""
+        targets = None
+        for dynamic in values:
+            result = self.evaluate(dynamic.expression, environment, entry)
+            path = dynamic.path.removeprefix("action.")
+            if path == "resource":
+                targets = [_reference(item) for item in result if _reference(item)]
+            elif path in ACTION_PATHS:
+                if result:
+                    out[path] = "\n".join(str(item) for item in result)
+            elif resource is not None and result:
+                _set_path(resource, path, result[0] if len(result) == 1 else result)
+        return targets
+
+    def create(
+        self,
+        activity: Activity,
+        key: str,
+        environment: Mapping[str, Any],
+        entry: TraceEntry,
+    ) -> dict[str, Any]:
+        """A draft request from an ActivityDefinition (ServiceRequest, MedicationRequest or
+        CommunicationRequest), with the definition's dynamic values applied."""
+        definition = activity.raw
+        kind = definition["kind"]
         resource: dict[str, Any] = {
-            "resourceType": activity["kind"],
-            "id": resource_id,
+            "resourceType": kind,
+            "id": f"{key}-{len(self.contained) + 1}",
             "status": "draft",
             "intent": "proposal",
             "subject": {"reference": f"Patient/{self.subject.patient_id}"},
         }
-        if activity.get("url"):
-            resource["instantiatesCanonical"] = [activity["url"]]
+        if definition.get("url"):
+            resource["instantiatesCanonical"] = [definition["url"]]
         if self.subject.encounter_id:
             resource["encounter"] = {"reference": f"Encounter/{self.subject.encounter_id}"}
-        if activity["kind"] == "MedicationRequest":
-            if "productCodeableConcept" in activity:
-                resource["medicationCodeableConcept"] = activity["productCodeableConcept"]
-            if "dosage" in activity:
-                resource["dosageInstruction"] = activity["dosage"]
-        elif "code" in activity:
-            resource["code"] = activity["code"]
+        resource.update({name: definition[name] for name in _ACTIVITY_FIELDS if name in definition})
+        if kind == "MedicationRequest":
+            if "productCodeableConcept" in definition:
+                resource["medicationCodeableConcept"] = definition["productCodeableConcept"]
+            if "dosage" in definition:
+                resource["dosageInstruction"] = definition["dosage"]
+        else:
+            if "code" in definition:
+                resource["code"] = definition["code"]
+            for timing, occurrence in _TIMING_TO_OCCURRENCE.items():
+                if timing in definition:
+                    resource[occurrence] = definition[timing]
+        self.set_dynamic(activity.dynamic_values, environment, entry, {}, resource)
         self.contained.append(resource)
-        return resource_id
+        return resource
+
+    def resolve_related_timing(self) -> None:
+        """Date actions from the actions they follow, in document order (so chains resolve)."""
+        for action in self.by_id.values():
+            for related in action.get("relatedAction", []):
+                base = self.by_id.get(related.get("actionId", ""), {}).get("timingDateTime")
+                if not base:
+                    continue  # the action it follows did not apply, or has no date
+                relationship = related.get("relationship", "")
+                offset = related.get("offsetDuration") or {}
+                sign = -1 if relationship in _BEFORE else 1 if relationship in _AFTER else 0
+                when = _shift(base, sign * float(offset.get("value", 0)), offset.get("code") or "d")
+                if when is None:
+                    continue
+                action["timingDateTime"] = when
+                resource = self.resources_of.get(id(action))
+                if resource is not None and resource["resourceType"] != "MedicationRequest":
+                    resource.setdefault("occurrenceDateTime", when)
+                break
 
     def request_group(self, plan: Plan, actions: list[dict[str, Any]]) -> dict[str, Any]:
         group: dict[str, Any] = {
@@ -183,3 +330,57 @@ class _Run:
         if actions:
             group["action"] = actions
         return group
+
+
+def _reference(item: Any) -> str | None:
+    if isinstance(item, str) and "/" in item:
+        return item
+    if isinstance(item, dict) and "resourceType" in item and "id" in item:
+        return f"{item['resourceType']}/{item['id']}"
+    return None
+
+
+def _set_path(target: dict[str, Any], path: str, value: Any) -> None:
+    """Set `a.b[0].c` on a resource, creating what is missing (dynamicValue.path is a simple
+    FHIRPath: names and indexes only)."""
+    steps = [_PATH_STEP.match(step) for step in path.split(".")]
+    if not all(steps):
+        raise ValueError(f"unsupported dynamicValue path '{path}'")
+    node: Any = target
+    for position, match in enumerate(steps):
+        assert match is not None
+        name, index = match.group(1), match.group(2)
+        last = position == len(steps) - 1
+        if index is None:
+            if last:
+                node[name] = value
+            else:
+                node = node.setdefault(name, {})
+            continue
+        items = node.setdefault(name, [])
+        while len(items) <= int(index):
+            items.append({})
+        if last:
+            items[int(index)] = value
+        else:
+            node = items[int(index)]
+
+
+def _shift(when: str, amount: float, unit: str) -> str | None:
+    """`when` moved by a UCUM duration (d, wk, mo, a; h and min for date-times)."""
+    try:
+        moment = datetime.fromisoformat(when) if "T" in when else date.fromisoformat(when)
+    except ValueError:
+        return None
+    if unit in ("d", "wk", "h", "min"):
+        days = {"d": 1.0, "wk": 7.0, "h": 1 / 24, "min": 1 / 1440}[unit] * amount
+        if isinstance(moment, datetime):
+            return (moment + timedelta(days=days)).isoformat()
+        return (moment + timedelta(days=round(days))).isoformat()
+    if unit in ("mo", "a"):
+        months = round(amount) * (12 if unit == "a" else 1)
+        year, month = divmod(moment.month - 1 + months, 12)
+        year += moment.year
+        day = min(moment.day, calendar.monthrange(year, month + 1)[1])
+        return moment.replace(year=year, month=month + 1, day=day).isoformat()
+    return None

@@ -53,6 +53,9 @@ class Catalogue:
     def discovery(self) -> dict[str, Any]:
         return {"services": [service.discovery() for service in self.services.values()]}
 
+    def plan(self, plan_id: str) -> Plan | None:
+        return next((plan for plan in self.knowledge.plans if plan.id == plan_id), None)
+
 
 def load_catalogue(directories: Iterable[Path]) -> Catalogue:
     knowledge = load_knowledge(directories)

@@ -4,6 +4,7 @@ fhirpathpy's parser recovers from syntax errors silently (`Condition.where(` com
 or worse answers, only when evaluated), so knowledge would load with broken expressions. This
 module parses with an error listener that collects what ANTLR reports and insists that the whole
 text was consumed, then compiles once with the R4 model (so `effective` finds `effectiveDateTime`).
+Built-ins that answer wrongly (`single()` returns an error as a value) are replaced.
 """
 
 from __future__ import annotations
@@ -76,12 +77,25 @@ class CompiledExpression:
         return self._evaluate(resource, environment)
 
 
+def _single(inputs: list[Any]) -> list[Any]:
+    # fhirpathpy's single() returns an error *value* for several items, so that
+    # `x.single().exists()` is true; the specification says it is an error.
+    if len(inputs) > 1:
+        raise ExpressionError(f"single() called on {len(inputs)} items")
+    return inputs
+
+
+# Replacements for fhirpathpy built-ins that disagree with the FHIRPath specification; user
+# functions take precedence over built-ins, so these apply to every compiled expression.
+CORRECTED_BUILTINS: Mapping[str, Any] = {"single": {"fn": _single, "arity": {0: []}}}
+
+
 def compile_expression(
     expression: str, functions: Mapping[str, Any] | None = None
 ) -> CompiledExpression:
     errors = syntax_errors(expression)
     if errors:
         raise ExpressionError("; ".join(errors))
-    options = {"userInvocationTable": dict(functions)} if functions else None
+    options = {"userInvocationTable": {**CORRECTED_BUILTINS, **(functions or {})}}
     evaluate = fhirpathpy.compile(expression, R4_MODEL, options)
     return CompiledExpression(expression, frozenset(referenced_variables(expression)), evaluate)

@@ -7,7 +7,7 @@ any problem stops start-up.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,13 @@ KNOWLEDGE_TYPES = frozenset(
     {"PlanDefinition", "ActivityDefinition", "Library", "ValueSet", "CodeSystem", "ConceptMap"}
 )
 FHIRPATH = "text/fhirpath"
+# dynamicValue paths that set the RequestGroup action itself; any other path sets the resource
+# created from the action's ActivityDefinition ("resource" names existing resources, see apply.py).
+ACTION_PATHS = frozenset(
+    {"title", "description", "priority", "timingDateTime", "textEquivalent", "resource"}
+)
+# The request resources $apply can create from an ActivityDefinition.
+ACTIVITY_KINDS = frozenset({"ServiceRequest", "MedicationRequest", "CommunicationRequest"})
 # fhir.resources checks structure and datatypes but not code bindings; these codes drive the card
 # mapping, so a misspelt one must not silently become the default.
 ACTION_CODES = {
@@ -62,6 +69,20 @@ class Variable:
     expression: CompiledExpression
 
 
+@dataclass(frozen=True)
+class DynamicValue:
+    path: str
+    expression: CompiledExpression
+
+
+@dataclass(frozen=True)
+class Activity:
+    """An ActivityDefinition, compiled once however many actions use it."""
+
+    raw: dict[str, Any]
+    dynamic_values: list[DynamicValue]
+
+
 @dataclass
 class Action:
     raw: dict[str, Any]
@@ -70,8 +91,9 @@ class Action:
     hooks: frozenset[str]
     variables: list[Variable]
     conditions: list[CompiledExpression]
+    dynamic_values: list[DynamicValue]
     children: list[Action]
-    activity: dict[str, Any] | None
+    activity: Activity | None
 
 
 @dataclass
@@ -186,24 +208,39 @@ def _register(
         knowledge.files[key] = file
 
 
+def _no_static_problems(_: str) -> list[str]:
+    return []
+
+
 @dataclass
 class _PlanCompiler:
     knowledge: Knowledge
     file: Path
     problems: list[Problem]
+    functions: Mapping[str, Any] = field(default_factory=dict)
+    static_check: Callable[[str], list[str]] = _no_static_problems
+    activities: dict[str, Activity] = field(default_factory=dict)
     resource_types: set[str] = field(default_factory=set)
+    action_ids: set[str] = field(default_factory=set)
 
     def compile(self, resource: dict[str, Any]) -> Plan | None:
         plan_id = resource.get("id")
         if not plan_id:
             self._problem("PlanDefinition.id", "an id is required (it names the CDS service)")
             return None
+        for index, canonical in enumerate(resource.get("library", [])):
+            library = self.knowledge.resolve(canonical)
+            if library is None or library.get("resourceType") != "Library":
+                self._problem(
+                    f"PlanDefinition.library[{index}]", f"{canonical} is not a loaded Library"
+                )
         known = set(ENGINE_VARIABLES)
         variables = self._variables(resource, "PlanDefinition", known)
         actions = [
             self._action(action, f"PlanDefinition.action[{index}]", known)
             for index, action in enumerate(resource.get("action", []))
         ]
+        self._check_related(resource.get("action", []), "PlanDefinition.action")
         hooks = sorted({hook for action in actions for hook in action.hooks})
         return Plan(
             resource,
@@ -238,6 +275,9 @@ class _PlanCompiler:
             )
             if compiled is not None:
                 conditions.append(compiled)
+        dynamic_values = self._dynamic_values(raw, path, scope)
+        if raw.get("id"):
+            self.action_ids.add(raw["id"])
         children = [
             self._action(child, f"{path}.action[{index}]", scope)
             for index, child in enumerate(raw.get("action", []))
@@ -248,9 +288,42 @@ class _PlanCompiler:
             if trigger.get("type") == "named-event" and trigger.get("name")
         )
         key = raw.get("id") or _topic_code(raw) or path
+        activity = self._activity(raw, path)
+        for index, dynamic in enumerate(dynamic_values):
+            target = dynamic.path.removeprefix("action.")
+            if target not in ACTION_PATHS and activity is None:
+                self._problem(
+                    f"{path}.dynamicValue[{index}].path",
+                    f"'{dynamic.path}' sets a created resource, but the action has no "
+                    f"definitionCanonical (action paths: {sorted(ACTION_PATHS)})",
+                )
         return Action(
-            raw, path, key, hooks, variables, conditions, children, self._activity(raw, path)
+            raw, path, key, hooks, variables, conditions, dynamic_values, children, activity
         )
+
+    def _dynamic_values(
+        self, owner: dict[str, Any], path: str, scope: set[str]
+    ) -> list[DynamicValue]:
+        values = []
+        for index, dynamic in enumerate(owner.get("dynamicValue", [])):
+            where = f"{path}.dynamicValue[{index}]"
+            if not dynamic.get("path"):
+                self._problem(f"{where}.path", "a dynamicValue needs a path")
+                continue
+            compiled = self._expression(dynamic.get("expression", {}), f"{where}.expression", scope)
+            if compiled is not None:
+                values.append(DynamicValue(dynamic["path"], compiled))
+        return values
+
+    def _check_related(self, actions: list[dict[str, Any]], path: str) -> None:
+        for index, action in enumerate(actions):
+            for number, related in enumerate(action.get("relatedAction", [])):
+                if related.get("actionId") not in self.action_ids:
+                    self._problem(
+                        f"{path}[{index}].relatedAction[{number}].actionId",
+                        f"no action with id '{related.get('actionId')}' in this PlanDefinition",
+                    )
+            self._check_related(action.get("action", []), f"{path}[{index}].action")
 
     def _variables(self, owner: dict[str, Any], path: str, scope: set[str]) -> list[Variable]:
         variables = []
@@ -280,10 +353,12 @@ class _PlanCompiler:
             self._problem(path, "expression text is missing")
             return None
         try:
-            compiled = compile_expression(text)
+            compiled = compile_expression(text, self.functions)
         except ExpressionError as error:
             self._problem(path, f"FHIRPath does not compile: {error}")
             return None
+        for reason in self.static_check(text):
+            self._problem(path, reason)
         free = compiled.variables - scope - BUILTIN_VARIABLES
         types = {name for name in free if _is_resource_type(name)}
         self.resource_types.update(types)
@@ -292,18 +367,26 @@ class _PlanCompiler:
             self._problem(path, f"variable(s) used before they are defined: {undefined}")
         return compiled
 
-    def _activity(self, raw: dict[str, Any], path: str) -> dict[str, Any] | None:
+    def _activity(self, raw: dict[str, Any], path: str) -> Activity | None:
         canonical = raw.get("definitionCanonical")
         if not canonical:
             return None
+        if canonical in self.activities:
+            return self.activities[canonical]
         target = self.knowledge.resolve(canonical)
+        where = f"{path}.definitionCanonical"
         if target is None or target.get("resourceType") != "ActivityDefinition":
-            self._problem(
-                f"{path}.definitionCanonical",
-                f"{canonical} does not resolve to an ActivityDefinition",
-            )
+            self._problem(where, f"{canonical} does not resolve to an ActivityDefinition")
             return None
-        return target
+        if target.get("kind") not in ACTIVITY_KINDS:
+            kind = target.get("kind")
+            self._problem(where, f"kind '{kind}' is not one of {sorted(ACTIVITY_KINDS)}")
+            return None
+        # An ActivityDefinition's expressions see the engine's variables, not the action's.
+        scope = set(ENGINE_VARIABLES)
+        activity = Activity(target, self._dynamic_values(target, "ActivityDefinition", scope))
+        self.activities[canonical] = activity
+        return activity
 
 
 def _topic_code(action: dict[str, Any]) -> str | None:

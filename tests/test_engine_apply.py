@@ -1,0 +1,372 @@
+"""$apply semantics on small hand-written PlanDefinitions (no clinical content), through the
+`POST /PlanDefinition/{id}/$apply` operation and, for cards, through a CDS service call."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fhir.resources.R4B.requestgroup import RequestGroup
+from test_service_calls import assert_no_empty_fields, assert_outcome
+
+VAR = "http://hl7.org/fhir/StructureDefinition/variable"
+
+
+def fp(expression: str) -> dict[str, str]:
+    return {"language": "text/fhirpath", "expression": expression}
+
+
+def variable(name: str, expression: str) -> dict[str, Any]:
+    return {"url": VAR, "valueExpression": {"name": name, **fp(expression)}}
+
+
+def applies(expression: str) -> list[dict[str, Any]]:
+    return [{"kind": "applicability", "expression": fp(expression)}]
+
+
+REPEAT_TEST = {
+    "resourceType": "ActivityDefinition",
+    "url": "https://example.org/ActivityDefinition/repeat",
+    "status": "active",
+    "kind": "ServiceRequest",
+    "code": {"coding": [{"system": "https://example.org/tests", "code": "T1"}]},
+    "dynamicValue": [
+        {"path": "note[0].text", "expression": fp("'Repeat of ' + %context.patientId")}
+    ],
+}
+ALTERNATIVE = {
+    "resourceType": "ActivityDefinition",
+    "url": "https://example.org/ActivityDefinition/alternative",
+    "status": "active",
+    "kind": "MedicationRequest",
+    "productCodeableConcept": {"text": "the alternative"},
+}
+
+PLAN = {
+    "resourceType": "PlanDefinition",
+    "id": "engine-demo",
+    "url": "https://example.org/PlanDefinition/engine-demo",
+    "status": "active",
+    "description": "Engine semantics",
+    "extension": [
+        variable("results", "%Observation.where(status = 'final')"),
+        variable("firstPositive", "%results.where(interpretation.coding.code = 'POS').first()"),
+    ],
+    "action": [
+        {
+            "id": "positive",
+            "title": "static title",
+            "trigger": [{"type": "named-event", "name": "patient-view"}],
+            "extension": [variable("when", "%firstPositive.effective")],
+            "condition": applies("%firstPositive.exists()"),
+            "dynamicValue": [
+                {"path": "title", "expression": fp("'Positive on ' + %when")},
+                {"path": "description", "expression": fp("%results.select(code.text)")},
+                {
+                    "path": "priority",
+                    "expression": fp("iif(%results.count() > 1, 'urgent', 'routine')"),
+                },
+                {"path": "timingDateTime", "expression": fp("%when")},
+            ],
+            "action": [
+                {
+                    "id": "child-sees-parent",
+                    "title": "child",
+                    "condition": applies("%when.exists()"),
+                }
+            ],
+        },
+        {
+            "id": "repeat",
+            "title": "Repeat the test",
+            "definitionCanonical": REPEAT_TEST["url"],
+            "relatedAction": [
+                {
+                    "actionId": "positive",
+                    "relationship": "after-start",
+                    "offsetDuration": {
+                        "value": 12,
+                        "code": "wk",
+                        "system": "http://unitsofmeasure.org",
+                    },
+                }
+            ],
+            "condition": applies("%firstPositive.exists()"),
+            "dynamicValue": [{"path": "priority", "expression": fp("'asap'")}],
+        },
+        {
+            "id": "other-hook-only",
+            "title": "only on order-sign",
+            "trigger": [{"type": "named-event", "name": "order-sign"}],
+        },
+        {
+            "id": "broken",
+            "title": "fails at run time",
+            "condition": applies("%results.single().exists()"),
+        },
+    ],
+}
+
+ORDERS = {
+    "resourceType": "PlanDefinition",
+    "id": "orders-demo",
+    "url": "https://example.org/PlanDefinition/orders-demo",
+    "status": "active",
+    "description": "Replace a draft order",
+    "extension": [variable("bad", "%context.draftOrders.entry.resource.where(code.text = 'bad')")],
+    "action": [
+        {
+            "id": "replace",
+            "title": "Replace the bad order",
+            "priority": "urgent",
+            "trigger": [{"type": "named-event", "name": "order-sign"}],
+            "condition": applies("%bad.exists()"),
+            "selectionBehavior": "at-most-one",
+            "action": [
+                {
+                    "id": "swap",
+                    "title": "Cancel it and order the alternative",
+                    "action": [
+                        {
+                            "id": "cancel",
+                            "title": "Cancel the bad order",
+                            "type": {
+                                "coding": [
+                                    {
+                                        "system": "http://terminology.hl7.org/CodeSystem/action-type",
+                                        "code": "remove",
+                                    }
+                                ]
+                            },
+                            "dynamicValue": [{"path": "resource", "expression": fp("%bad")}],
+                        },
+                        {
+                            "id": "order",
+                            "title": "Order the alternative",
+                            "definitionCanonical": ALTERNATIVE["url"],
+                        },
+                    ],
+                }
+            ],
+        }
+    ],
+}
+
+
+@pytest.fixture
+def knowledge(tmp_path: Path) -> Path:
+    directory = tmp_path / "engine"
+    directory.mkdir()
+    for name, resource in {
+        "plan.json": PLAN,
+        "orders.json": ORDERS,
+        "repeat.json": REPEAT_TEST,
+        "alt.json": ALTERNATIVE,
+    }.items():
+        (directory / name).write_text(json.dumps(resource))
+    return directory
+
+
+def observation(oid: str, when: str, interpretation: str, status: str = "final") -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": oid,
+        "status": status,
+        "code": {"text": f"test {oid}"},
+        "effectiveDateTime": when,
+        "interpretation": [{"coding": [{"code": interpretation}]}],
+    }
+
+
+def parameters(*resources: dict[str, Any], **strings: str) -> dict[str, Any]:
+    params: list[dict[str, Any]] = [{"name": "subject", "valueString": "Patient/p1"}]
+    params += [{"name": name, "valueString": value} for name, value in strings.items()]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{"resource": r} for r in resources],
+    }
+    params.append({"name": "data", "resource": bundle})
+    return {"resourceType": "Parameters", "parameter": params}
+
+
+async def apply(client: httpx.AsyncClient, plan: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = await client.post(f"/PlanDefinition/{plan}/$apply", json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/fhir+json"
+    group = response.json()
+    RequestGroup.model_validate(group)  # a valid R4 resource, not just a dict
+    return group
+
+
+async def test_variables_dynamic_values_and_related_timing(
+    make_client: Any, knowledge: Path
+) -> None:
+    data = [
+        observation("o1", "2025-01-10", "POS"),
+        observation("o2", "2025-03-01", "NEG"),
+        observation("o3", "2024-12-01", "POS", status="preliminary"),
+    ]
+    async with make_client(knowledge_dirs=[knowledge], return_trace=True) as client:
+        group = await apply(client, "engine-demo", parameters(*data, hook="patient-view"))
+
+    actions = {a["id"]: a for a in group["action"]}
+    assert set(actions) == {"positive", "repeat"}  # other hook filtered, broken not applicable
+    positive = actions["positive"]
+    assert positive["title"] == "Positive on 2025-01-10"
+    assert positive["description"] == "test o1\ntest o2"
+    assert positive["priority"] == "urgent"
+    assert positive["timingDateTime"] == "2025-01-10"
+    assert [c["id"] for c in positive["action"]] == ["child-sees-parent"]
+
+    repeat = actions["repeat"]
+    assert repeat["timingDateTime"] == "2025-04-04"  # 12 weeks after the positive result
+    created = {r["id"]: r for r in group["contained"]}[repeat["resource"]["reference"][1:]]
+    assert created["occurrenceDateTime"] == "2025-04-04"
+    assert created["note"] == [{"text": "Repeat of p1"}]
+    assert created["status"] == "draft"
+    assert created["intent"] == "proposal"
+    assert repeat["priority"] == "asap"
+
+    trace = {entry["action"]: entry for entry in json.loads(group["extension"][0]["valueString"])}
+    assert trace["PlanDefinition"]["inputs"][:2] == ["Observation/o1", "Observation/o2"]
+    # A run-time error makes the action not applicable and is said in the trace.
+    assert "single() called on 2 items" in trace["PlanDefinition.action[3]"]["error"]
+    assert trace["PlanDefinition.action[3]"]["applied"] is False
+
+
+async def test_no_hook_applies_every_action_and_nothing_needs_data(
+    make_client: Any, knowledge: Path
+) -> None:
+    async with make_client(knowledge_dirs=[knowledge]) as client:
+        everything = await apply(
+            client, "engine-demo", parameters(observation("o1", "2025-01-10", "POS"))
+        )
+        empty = await apply(client, "engine-demo", parameters())
+    # With one result, single() is fine, so "broken" applies too.
+    assert {a["id"] for a in everything["action"]} == {
+        "positive",
+        "repeat",
+        "other-hook-only",
+        "broken",
+    }
+    assert {a["id"] for a in empty["action"]} == {"other-hook-only"}
+
+
+async def test_a_suggestion_deletes_the_draft_order_it_replaces(
+    make_client: Any, knowledge: Path
+) -> None:
+    draft = {
+        "resourceType": "ServiceRequest",
+        "id": "d1",
+        "status": "draft",
+        "intent": "order",
+        "code": {"text": "bad"},
+        "subject": {"reference": "Patient/p1"},
+    }
+    fine = {**draft, "id": "d2", "code": {"text": "fine"}}
+    request = {
+        "hook": "order-sign",
+        "hookInstance": str(uuid.uuid4()),
+        "context": {
+            "userId": "Practitioner/1",
+            "patientId": "p1",
+            "draftOrders": {
+                "resourceType": "Bundle",
+                "type": "collection",
+                "entry": [{"resource": draft}, {"resource": fine}],
+            },
+        },
+    }
+    async with make_client(knowledge_dirs=[knowledge]) as client:
+        body = (await client.post("/cds-services/orders-demo", json=request)).json()
+    assert_no_empty_fields(body["cards"], "cards")
+    (card,) = body["cards"]
+    assert card["indicator"] == "warning"
+    (suggestion,) = card["suggestions"]
+    assert [a["type"] for a in suggestion["actions"]] == ["delete", "create"]
+    assert suggestion["actions"][0] == {
+        "type": "delete",
+        "description": "Cancel the bad order",
+        "resourceId": "ServiceRequest/d1",
+    }
+    assert suggestion["actions"][1]["resource"]["medicationCodeableConcept"] == {
+        "text": "the alternative"
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "mentions"),
+    [
+        ({"resourceType": "Bundle"}, 400, "Parameters"),
+        ({"resourceType": "Parameters", "parameter": []}, 400, "subject"),
+        (
+            {
+                "resourceType": "Parameters",
+                "parameter": [{"name": "subject", "valueString": "Group/1"}],
+            },
+            400,
+            "subject",
+        ),
+        (
+            {
+                "resourceType": "Parameters",
+                "parameter": [
+                    {"name": "subject", "valueString": "Patient/1"},
+                    {"name": "nonsense", "valueString": "x"},
+                ],
+            },
+            400,
+            "parameter.1.name",
+        ),
+        (
+            {
+                "resourceType": "Parameters",
+                "parameter": [
+                    {"name": "subject", "valueString": "Patient/1"},
+                    {"name": "data", "resource": {"resourceType": "Patient"}},
+                ],
+            },
+            400,
+            "Bundle",
+        ),
+    ],
+)
+async def test_apply_rejects_bad_parameters(
+    make_client: Any, knowledge: Path, body: dict[str, Any], status: int, mentions: str
+) -> None:
+    async with make_client(knowledge_dirs=[knowledge]) as client:
+        response = await client.post("/PlanDefinition/engine-demo/$apply", json=body)
+    assert_outcome(response, status, mentions)
+
+
+async def test_apply_unknown_plan_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.post("/PlanDefinition/nope/$apply", json=parameters())
+    assert_outcome(response, 404, "nope")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"resourceType": "Parameters", "parameter": None},
+        {"resourceType": "Parameters", "parameter": [None]},
+        {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "subject", "valueString": "Patient/1"},
+                {"name": "subject", "valueString": "Patient/2"},
+            ],
+        },
+        [],
+        "Parameters",
+    ],
+)
+async def test_apply_rejects_malformed_bodies_with_400(
+    client: httpx.AsyncClient, body: Any
+) -> None:
+    response = await client.post("/PlanDefinition/rpl-workup/$apply", json=body)
+    assert_outcome(response, 400, "Parameters")
