@@ -370,3 +370,126 @@ async def test_apply_rejects_malformed_bodies_with_400(
 ) -> None:
     response = await client.post("/PlanDefinition/rpl-workup/$apply", json=body)
     assert_outcome(response, 400, "Parameters")
+
+
+TERMINOLOGY = {
+    "vs.json": {
+        "resourceType": "ValueSet",
+        "url": "https://example.org/ValueSet/a1c",
+        "status": "active",
+        "compose": {
+            "include": [
+                {"system": "http://loinc.org", "concept": [{"code": "4548-4"}, {"code": "59261-8"}]}
+            ]
+        },
+    },
+    "cm.json": {
+        "resourceType": "ConceptMap",
+        "url": "https://example.org/ConceptMap/local-lab",
+        "status": "active",
+        "group": [
+            {
+                "source": "https://lab.example/codes",
+                "target": "http://loinc.org",
+                "element": [
+                    {"code": "A1C", "target": [{"code": "4548-4", "equivalence": "equivalent"}]}
+                ],
+            }
+        ],
+    },
+    "lab.units.json": {
+        "conversions": [{"from": "mmol/mol", "to": "%", "factor": 0.0915, "offset": 2.15}]
+    },
+    "plan.json": {
+        "resourceType": "PlanDefinition",
+        "id": "functions-demo",
+        "url": "https://example.org/PlanDefinition/functions-demo",
+        "status": "active",
+        "description": "Engine functions inside knowledge",
+        "extension": [
+            variable(
+                "a1c",
+                "%Observation.where(code.inValueSet('https://example.org/ValueSet/a1c')).latest()",
+            ),
+            variable("percent", "%a1c.value.quantityIn('%')"),
+        ],
+        "action": [
+            {
+                "id": "high",
+                "title": "High",
+                "condition": applies("%percent >= 6.5"),
+                "dynamicValue": [
+                    {
+                        "path": "description",
+                        "expression": fp(
+                            "'Latest ' + %percent.round(1).toString() + ' % on ' + %a1c.clinicalDate() + ', ' + %a1c.clinicalDate().daysBetween(@2026-01-01).toString() + ' days before 2026'"
+                        ),
+                    }
+                ],
+            },
+            {
+                "id": "no-unit",
+                "title": "No usable unit",
+                "condition": applies(
+                    "%a1c.value.exists() and %a1c.value.convertibleTo('%') != true"
+                ),
+            },
+        ],
+    },
+}
+
+
+def a1c(
+    oid: str, when: str, value: float, unit: str | None, code: tuple[str, str]
+) -> dict[str, Any]:
+    quantity: dict[str, Any] = {"value": value}
+    if unit:
+        quantity |= {"unit": unit, "system": "http://unitsofmeasure.org", "code": unit}
+    return {
+        "resourceType": "Observation",
+        "id": oid,
+        "status": "final",
+        "code": {"coding": [{"system": code[0], "code": code[1]}]},
+        "effectiveDateTime": when,
+        "valueQuantity": quantity,
+    }
+
+
+LOINC_A1C = ("http://loinc.org", "4548-4")
+LOCAL_A1C = ("https://lab.example/codes", "A1C")
+
+
+@pytest.mark.parametrize(
+    ("observations", "expected", "description"),
+    [
+        # the latest, locally coded, in mmol/mol: 48 mmol/mol is 6.54 %
+        (
+            [
+                a1c("old", "2025-01-01", 5.0, "%", LOINC_A1C),
+                a1c("new", "2025-12-22", 48, "mmol/mol", LOCAL_A1C),
+            ],
+            {"high"},
+            "Latest 6.5 % on 2025-12-22, 10 days before 2026",
+        ),
+        ([a1c("low", "2025-12-22", 5.9, "%", LOINC_A1C)], set(), None),
+        ([a1c("unitless", "2025-12-22", 7.2, None, LOINC_A1C)], {"no-unit"}, None),
+        ([a1c("other", "2025-12-22", 9.9, "%", ("http://loinc.org", "2345-7"))], set(), None),
+    ],
+)
+async def test_engine_functions_inside_knowledge(
+    make_client: Any,
+    tmp_path: Path,
+    observations: list[dict[str, Any]],
+    expected: set[str],
+    description: str | None,
+) -> None:
+    directory = tmp_path / "functions"
+    directory.mkdir()
+    for name, resource in TERMINOLOGY.items():
+        (directory / name).write_text(json.dumps(resource))
+    async with make_client(knowledge_dirs=[directory]) as client:
+        group = await apply(client, "functions-demo", parameters(*observations))
+    actions = {a["id"]: a for a in group.get("action", [])}
+    assert set(actions) == expected
+    if description:
+        assert actions["high"]["description"] == description

@@ -166,31 +166,12 @@ class _PrefetchBuilder:
                 return None
             codes = [f"{c['system']}|{c['code']}" for c in code_filter.get("code", [])]
             if code_filter.get("valueSet"):
-                expanded = _expand(code_filter["valueSet"], self.knowledge)
-                if expanded is None:
-                    self.problem(where, f"ValueSet {code_filter['valueSet']} cannot be expanded")
+                url = code_filter["valueSet"]
+                if not self.knowledge.terminology.knows(url):
+                    self.problem(where, f"ValueSet {url} cannot be expanded")
                     return None
-                codes.extend(expanded)
+                # With the local codes that translate into it, so locally coded data is fetched.
+                closure = self.knowledge.terminology.closure(url)
+                codes.extend(f"{system}|{code}" for system, code in sorted(closure))
             params.append(f"{search_param}={','.join(dict.fromkeys(codes))}")
         return f"{resource_type}?{'&'.join(params)}"
-
-
-def _expand(canonical: str, knowledge: Knowledge) -> list[str] | None:
-    """Enumerated codes of a loaded ValueSet (expansion, or compose with listed concepts and
-    included ValueSets); intensional filters cannot be expanded without a terminology server."""
-    value_set = knowledge.resolve(canonical)
-    if value_set is None or value_set.get("resourceType") != "ValueSet":
-        return None
-    if "expansion" in value_set:
-        return [f"{c['system']}|{c['code']}" for c in value_set["expansion"].get("contains", [])]
-    codes: list[str] = []
-    for include in value_set.get("compose", {}).get("include", []):
-        if include.get("filter"):
-            return None
-        for nested in include.get("valueSet", []):
-            inner = _expand(nested, knowledge)
-            if inner is None:
-                return None
-            codes.extend(inner)
-        codes.extend(f"{include['system']}|{c['code']}" for c in include.get("concept", []))
-    return codes

@@ -21,8 +21,12 @@ from service.engine.fhirpath import (
     ExpressionError,
     compile_expression,
 )
+from service.engine.functions import check_expression, engine_functions
+from service.engine.terminology import Terminology
+from service.engine.units import UnitTable
 
 VARIABLE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/variable"
+UNIT_TABLE_SUFFIX = ".units.json"
 KNOWLEDGE_TYPES = frozenset(
     {"PlanDefinition", "ActivityDefinition", "Library", "ValueSet", "CodeSystem", "ConceptMap"}
 )
@@ -115,19 +119,41 @@ class Knowledge:
     by_canonical: dict[str, dict[str, Any]] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
 
+    terminology: Terminology = field(default_factory=Terminology.empty)
+    units: UnitTable = field(default_factory=lambda: UnitTable.from_documents([]))
+    functions: Mapping[str, Any] = field(default_factory=dict)
+
     def resolve(self, canonical: str) -> dict[str, Any] | None:
-        return self.by_canonical.get(canonical) or self.by_canonical.get(canonical.split("|")[0])
+        # `url|version` resolves to that version only: falling back to another would silently
+        # run logic the author did not pin.
+        return self.by_canonical.get(canonical)
 
 
 def load_knowledge(directories: Iterable[Path]) -> Knowledge:
     problems: list[Problem] = []
     knowledge = Knowledge()
+    directories = list(directories)
     documents = list(_read_documents(directories, problems))
     for file, resource in documents:
         _register(knowledge, file, resource, problems)
+    # Terminology and units first: the engine functions compiled into expressions use them.
+    knowledge.terminology = Terminology.from_knowledge(knowledge)
+    for canonical, reason in knowledge.terminology.problems():
+        problems.append(Problem(knowledge.files.get(canonical, Path("-")), canonical, reason))
+    knowledge.units = UnitTable.load([d for d in directories if d.is_dir()])
+    problems.extend(Problem(p.file, p.path, p.reason) for p in knowledge.units.problems)
+    knowledge.functions = engine_functions(knowledge.terminology, knowledge.units)
     for file, resource in documents:
         if resource.get("resourceType") == "PlanDefinition":
-            plan = _PlanCompiler(knowledge, file, problems).compile(resource)
+            plan = _PlanCompiler(
+                knowledge,
+                file,
+                problems,
+                functions=knowledge.functions,
+                static_check=lambda text: check_expression(
+                    text, knowledge.terminology, knowledge.units
+                ),
+            ).compile(resource)
             if plan is not None:
                 knowledge.plans.append(plan)
     if problems:
@@ -143,6 +169,8 @@ def _read_documents(
             problems.append(Problem(directory, "-", "knowledge directory does not exist"))
             continue
         for file in sorted(directory.rglob("*.json")):
+            if file.name.endswith(UNIT_TABLE_SUFFIX):
+                continue  # unit tables are read by units.UnitTable
             try:
                 document = json.loads(file.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
