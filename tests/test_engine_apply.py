@@ -493,3 +493,63 @@ async def test_engine_functions_inside_knowledge(
     assert set(actions) == expected
     if description:
         assert actions["high"]["description"] == description
+
+
+async def test_named_data_requirements_are_bound_as_retrieves(
+    make_client: Any, tmp_path: Path
+) -> None:
+    """`action.input` with an id is both a prefetch template and `%<id>`: the resources of that
+    type coded in the ValueSet (local codes translated), selected without FHIRPath filtering."""
+    directory = tmp_path / "retrieves"
+    directory.mkdir()
+    for name in ("vs.json", "cm.json"):
+        (directory / name).write_text(json.dumps(TERMINOLOGY[name]))
+    plan = {
+        "resourceType": "PlanDefinition",
+        "id": "retrieve-demo",
+        "url": "https://example.org/PlanDefinition/retrieve-demo",
+        "status": "active",
+        "description": "Retrieves",
+        "action": [
+            {
+                "id": "count",
+                "title": "Counted",
+                "trigger": [{"type": "named-event", "name": "patient-view"}],
+                "input": [
+                    {
+                        "id": "a1cs",
+                        "type": "Observation",
+                        "codeFilter": [
+                            {"path": "code", "valueSet": "https://example.org/ValueSet/a1c"}
+                        ],
+                    },
+                    {"id": "allConditions", "type": "Condition"},
+                ],
+                "condition": applies("%a1cs.exists()"),
+                "dynamicValue": [
+                    {
+                        "path": "description",
+                        "expression": fp(
+                            "%a1cs.id.join(',') + ' / ' + %allConditions.count().toString()"
+                        ),
+                    }
+                ],
+            }
+        ],
+    }
+    (directory / "plan.json").write_text(json.dumps(plan))
+    data = [
+        a1c("local", "2025-01-01", 48, "mmol/mol", LOCAL_A1C),
+        a1c("other", "2025-01-02", 1, "%", ("http://loinc.org", "2345-7")),
+        a1c("loinc", "2025-01-03", 6, "%", LOINC_A1C),
+        {"resourceType": "Condition", "id": "c1"},
+    ]
+    async with make_client(knowledge_dirs=[directory]) as client:
+        discovery = (await client.get("/cds-services")).json()["services"][0]
+        group = await apply(client, "retrieve-demo", parameters(*data))
+    assert group["action"][0]["description"] == "local,loinc / 1"
+    assert discovery["prefetch"]["a1cs"] == (
+        "Observation?patient={{context.patientId}}"
+        "&code=http://loinc.org|4548-4,http://loinc.org|59261-8,https://lab.example/codes|A1C"
+    )
+    assert discovery["prefetch"]["allConditions"] == "Condition?patient={{context.patientId}}"

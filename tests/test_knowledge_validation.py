@@ -247,3 +247,60 @@ def test_validate_command_fails_on_broken_knowledge(tmp_path: Path) -> None:
         in result.stderr
     )
     assert "1 problem(s) found" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {
+                "p.json": with_condition(
+                    "%Observation.where(code.inValueSet('https://example.org/ValueSet/none')).exists()"
+                )
+            },
+            ["condition[0].expression", "https://example.org/ValueSet/none"],
+        ),
+        (
+            {"p.json": with_condition("%Observation.code.memberOf('https://example.org/vs')")},
+            ["memberOf", "inValueSet"],
+        ),
+        (
+            {"p.json": with_condition("%Observation.value.quantityIn('furlong/fortnight') > 1")},
+            ["furlong/fortnight"],
+        ),
+        ({"bad.units.json": {"conversions": [{"from": "mg", "to": "g"}]}}, ["bad.units.json"]),
+        (
+            {"p.json": with_condition("true", input=[{"id": "patient", "type": "Observation"}])},
+            ["input[0].id: 'patient' cannot name a retrieve"],
+        ),
+        (
+            {"p.json": with_condition("true", input=[{"id": "two-words", "type": "Observation"}])},
+            ["'two-words' cannot name a retrieve"],
+        ),
+        (
+            {
+                "p.json": with_condition(
+                    "true",
+                    input=[
+                        {
+                            "id": "x",
+                            "type": "Observation",
+                            "codeFilter": [
+                                {"path": "code", "valueSet": "https://example.org/ValueSet/none"}
+                            ],
+                        }
+                    ],
+                )
+            },
+            [
+                "input[0].codeFilter[0].valueSet: ValueSet https://example.org/ValueSet/none cannot be expanded"
+            ],
+        ),
+    ],
+)
+def test_engine_function_and_retrieve_problems(
+    tmp_path: Path, files: dict[str, Any], expected: list[str]
+) -> None:
+    problems = problems_for(tmp_path, files)
+    for fragment in expected:
+        assert any(fragment in problem for problem in problems), problems

@@ -41,6 +41,7 @@ from service.engine.knowledge import (
     Plan,
     Variable,
 )
+from service.engine.retrieve import retrieve_all
 
 log = logging.getLogger("rpl_cds.engine")
 
@@ -108,6 +109,7 @@ class Result:
 def apply_plan(plan: Plan, subject: Subject) -> Result:
     environment: dict[str, Any] = {name: [] for name in plan.resource_types}
     environment.update(subject.resources_by_type)
+    environment.update(retrieve_all(plan.retrieves, subject.resources_by_type))
     environment.update(
         {
             "patient": dict(subject.patient) if subject.patient else [],

@@ -4,7 +4,7 @@ from data requirements (HL7 "Using FHIR Clinical Reasoning with CDS Hooks")."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,25 +95,10 @@ def _services_of(plan: Plan, knowledge: Knowledge, problems: list[Problem]) -> l
     ]
 
 
-def _data_requirements(plan: Plan, knowledge: Knowledge) -> Iterable[tuple[str, dict[str, Any]]]:
-    for index, canonical in enumerate(plan.raw.get("library", [])):
-        library = knowledge.resolve(canonical)
-        for number, requirement in enumerate((library or {}).get("dataRequirement", [])):
-            yield f"PlanDefinition.library[{index}] dataRequirement[{number}]", requirement
-
-    def walk(actions: Sequence[dict[str, Any]], path: str) -> Iterable[tuple[str, dict[str, Any]]]:
-        for index, action in enumerate(actions):
-            for number, requirement in enumerate(action.get("input", [])):
-                yield f"{path}[{index}].input[{number}]", requirement
-            yield from walk(action.get("action", []), f"{path}[{index}].action")
-
-    yield from walk(plan.raw.get("action", []), "PlanDefinition.action")
-
-
 def _prefetch(plan: Plan, knowledge: Knowledge, problems: list[Problem]) -> dict[str, str]:
     builder = _PrefetchBuilder(knowledge, plan.file, problems)
     templates: dict[str, str] = {}
-    for path, requirement in _data_requirements(plan, knowledge):
+    for path, requirement in plan.data_requirements:
         key = requirement.get("id") or requirement.get("type", "data")
         template = builder.template(requirement, path)
         if template is None:

@@ -7,6 +7,7 @@ any problem stops start-up.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +23,13 @@ from service.engine.fhirpath import (
     compile_expression,
 )
 from service.engine.functions import check_expression, engine_functions
+from service.engine.retrieve import Retrieve
 from service.engine.terminology import Terminology
 from service.engine.units import UnitTable
 
 VARIABLE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/variable"
 UNIT_TABLE_SUFFIX = ".units.json"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 KNOWLEDGE_TYPES = frozenset(
     {"PlanDefinition", "ActivityDefinition", "Library", "ValueSet", "CodeSystem", "ConceptMap"}
 )
@@ -111,6 +114,9 @@ class Plan:
     actions: list[Action]
     # Resource types read as %Condition, %Observation, ...: always bound, empty when absent.
     resource_types: frozenset[str] = frozenset()
+    # (element path, DataRequirement) from Libraries and action inputs: prefetch and retrieves.
+    data_requirements: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    retrieves: list[Retrieve] = field(default_factory=list)
 
 
 @dataclass
@@ -262,7 +268,9 @@ class _PlanCompiler:
                 self._problem(
                     f"PlanDefinition.library[{index}]", f"{canonical} is not a loaded Library"
                 )
-        known = set(ENGINE_VARIABLES)
+        requirements = list(self._data_requirements(resource))
+        retrieves = self._retrieves(requirements)
+        known = set(ENGINE_VARIABLES) | {retrieve.name for retrieve in retrieves}
         variables = self._variables(resource, "PlanDefinition", known)
         actions = [
             self._action(action, f"PlanDefinition.action[{index}]", known)
@@ -279,7 +287,65 @@ class _PlanCompiler:
             variables,
             actions,
             frozenset(self.resource_types),
+            requirements,
+            retrieves,
         )
+
+    def _data_requirements(self, resource: dict[str, Any]) -> Iterable[tuple[str, dict[str, Any]]]:
+        for index, canonical in enumerate(resource.get("library", [])):
+            library = self.knowledge.resolve(canonical) or {}
+            for number, requirement in enumerate(library.get("dataRequirement", [])):
+                yield f"PlanDefinition.library[{index}].dataRequirement[{number}]", requirement
+
+        def walk(
+            actions: Sequence[dict[str, Any]], path: str
+        ) -> Iterable[tuple[str, dict[str, Any]]]:
+            for index, action in enumerate(actions):
+                for number, requirement in enumerate(action.get("input", [])):
+                    yield f"{path}[{index}].input[{number}]", requirement
+                yield from walk(action.get("action", []), f"{path}[{index}].action")
+
+        yield from walk(resource.get("action", []), "PlanDefinition.action")
+
+    def _retrieves(self, requirements: list[tuple[str, dict[str, Any]]]) -> list[Retrieve]:
+        """Each named requirement becomes `%<id>` (the patient is `%patient` already)."""
+        retrieves: dict[str, Retrieve] = {}
+        for path, requirement in requirements:
+            name, resource_type = requirement.get("id"), requirement.get("type")
+            if not name or resource_type == "Patient":
+                continue
+            if not _IDENTIFIER.fullmatch(name) or name in ENGINE_VARIABLES:
+                self._problem(f"{path}.id", f"'{name}' cannot name a retrieve (%{name})")
+                continue
+            filters = requirement.get("codeFilter", [])
+            if len(filters) > 1:
+                self._problem(f"{path}.codeFilter", "one codeFilter per requirement is supported")
+                continue
+            codes: frozenset[tuple[str, str]] | None = None
+            element = "code"
+            if filters:
+                element = filters[0].get("path") or "code"
+                codes = self._filter_codes(filters[0], f"{path}.codeFilter[0]")
+                if codes is None:
+                    continue
+            retrieve = Retrieve(name, str(resource_type), element, codes)
+            if name in retrieves and retrieves[name] != retrieve:
+                self._problem(f"{path}.id", f"'{name}' names two different requirements")
+                continue
+            retrieves[name] = retrieve
+        return list(retrieves.values())
+
+    def _filter_codes(
+        self, code_filter: dict[str, Any], path: str
+    ) -> frozenset[tuple[str, str]] | None:
+        codes = {(c["system"], c["code"]) for c in code_filter.get("code", []) if c.get("system")}
+        url = code_filter.get("valueSet")
+        if url:
+            if not self.knowledge.terminology.knows(url):
+                self._problem(f"{path}.valueSet", f"ValueSet {url} cannot be expanded")
+                return None
+            codes |= self.knowledge.terminology.closure(url)
+        return frozenset(codes)
 
     def _problem(self, path: str, reason: str) -> None:
         self.problems.append(Problem(self.file, path, reason))
