@@ -304,3 +304,27 @@ def test_engine_function_and_retrieve_problems(
     problems = problems_for(tmp_path, files)
     for fragment in expected:
         assert any(fragment in problem for problem in problems), problems
+
+
+def test_a_variable_may_not_shadow_another_name(tmp_path: Path) -> None:
+    shadowing = with_condition(
+        "true",
+        input=[{"id": "labs", "type": "Observation"}],
+        extension=[
+            {
+                "url": VAR,
+                "valueExpression": {"name": "labs", "language": "text/fhirpath", "expression": "1"},
+            },
+            {
+                "url": VAR,
+                "valueExpression": {
+                    "name": "today",
+                    "language": "text/fhirpath",
+                    "expression": "1",
+                },
+            },
+        ],
+    )
+    problems = problems_for(tmp_path, {"p.json": shadowing})
+    assert any("variable 'labs' is already defined" in p for p in problems), problems
+    assert any("variable 'today' is already defined" in p for p in problems), problems

@@ -430,6 +430,13 @@ class _PlanCompiler:
             if not name:
                 self._problem(where, "a variable needs a name")
                 continue
+            if name in scope:
+                # Shadowing makes an expression read a different value than its author saw.
+                self._problem(
+                    where,
+                    f"variable '{name}' is already defined (or is an engine "
+                    "variable or a data requirement)",
+                )
             compiled = self._expression(expression, where, scope)
             scope.add(name)  # defined from here on, also when it failed (one report is enough)
             if compiled is not None:
