@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        catalogue = load_catalogue(settings.all_knowledge_dirs)
+        catalogue = load_catalogue(settings.all_knowledge_dirs, settings.parameters)
         store = await FeedbackStore.open(
             settings.resolved_database_url, migrate=settings.auto_migrate
         )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -31,13 +32,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rpl-cds: invalid settings:\n{error}", file=sys.stderr)
         return 2
     if args.command == "validate":
-        return _validate(args.dirs or settings.all_knowledge_dirs)
+        return _validate(args.dirs or settings.all_knowledge_dirs, settings.parameters)
     return _serve(settings, args.host, args.port, args.workers)
 
 
-def _validate(dirs: Sequence[Path]) -> int:
+def _validate(dirs: Sequence[Path], parameters: Mapping[str, Any]) -> int:
     try:
-        catalogue = load_catalogue(dirs)
+        catalogue = load_catalogue(dirs, parameters)
     except KnowledgeError as error:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
@@ -57,7 +58,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
 
     configure_logging(settings.log_level)
     # Fail here, with the full report, rather than once per worker.
-    if _validate(settings.all_knowledge_dirs) != 0:
+    if _validate(settings.all_knowledge_dirs, settings.parameters) != 0:
         return 1
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.auto_migrate:

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     )
 
     guideline: Literal["eshre", "asrm", "rcog"] = "eshre"
+    # Values for parameters the knowledge declares (Library.parameter), e.g. lookbacks.
+    parameters: dict[str, str | bool | int | float] = Field(default_factory=dict)
     knowledge_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=bundled_knowledge_dirs)
     extra_knowledge_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
 

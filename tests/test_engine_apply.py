@@ -553,3 +553,91 @@ async def test_named_data_requirements_are_bound_as_retrieves(
         "&code=http://loinc.org|4548-4,http://loinc.org|59261-8,https://lab.example/codes|A1C"
     )
     assert discovery["prefetch"]["allConditions"] == "Condition?patient={{context.patientId}}"
+
+
+LIBRARY = {
+    "resourceType": "Library",
+    "url": "https://example.org/Library/params",
+    "status": "active",
+    "type": {
+        "coding": [
+            {
+                "system": "http://terminology.hl7.org/CodeSystem/library-type",
+                "code": "logic-library",
+            }
+        ]
+    },
+    "parameter": [
+        {
+            "name": "lookbackDays",
+            "use": "in",
+            "type": "integer",
+            "extension": [
+                {
+                    "url": "http://hl7.org/fhir/StructureDefinition/cqf-defaultValue",
+                    "valueInteger": 365,
+                }
+            ],
+        },
+        {"name": "label", "use": "in", "type": "string"},
+    ],
+}
+PARAMETER_PLAN = {
+    "resourceType": "PlanDefinition",
+    "id": "parameter-demo",
+    "url": "https://example.org/PlanDefinition/parameter-demo",
+    "status": "active",
+    "description": "Parameters",
+    "library": [LIBRARY["url"]],
+    "action": [
+        {
+            "id": "show",
+            "title": "show",
+            "dynamicValue": [
+                {"path": "title", "expression": fp("%label + ' ' + %lookbackDays.toString()")}
+            ],
+        }
+    ],
+}
+
+
+def parameter_knowledge(tmp_path: Path) -> Path:
+    directory = tmp_path / "parameters"
+    directory.mkdir()
+    (directory / "library.json").write_text(json.dumps(LIBRARY))
+    (directory / "plan.json").write_text(json.dumps(PARAMETER_PLAN))
+    return directory
+
+
+async def test_parameters_take_defaults_and_settings(make_client: Any, tmp_path: Path) -> None:
+    directory = parameter_knowledge(tmp_path)
+    async with make_client(knowledge_dirs=[directory], parameters={"label": "lookback"}) as client:
+        default = await apply(client, "parameter-demo", parameters())
+    async with make_client(
+        knowledge_dirs=[directory], parameters={"label": "days", "lookbackDays": 90}
+    ) as client:
+        configured = await apply(client, "parameter-demo", parameters())
+    assert default["action"][0]["title"] == "lookback 365"
+    assert configured["action"][0]["title"] == "days 90"
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({}, "'label' has no default and RPL_CDS_PARAMETERS does not set it"),
+        ({"label": "x", "lookbackDays": "a year"}, "'lookbackDays' must be of type integer"),
+        ({"label": "x", "lookbackDays": True}, "'lookbackDays' must be of type integer"),
+        (
+            {"label": "x", "unknown": 1},
+            "RPL_CDS_PARAMETERS: unknown: no loaded Library declares this parameter",
+        ),
+    ],
+)
+def test_parameter_settings_are_checked_at_load(
+    tmp_path: Path, settings: dict[str, Any], expected: str
+) -> None:
+    from service.engine.knowledge import KnowledgeError, load_knowledge
+
+    with pytest.raises(KnowledgeError) as caught:
+        load_knowledge([parameter_knowledge(tmp_path)], settings)
+    assert any(expected in str(problem) for problem in caught.value.problems), caught.value.problems

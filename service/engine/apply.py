@@ -110,6 +110,7 @@ def apply_plan(plan: Plan, subject: Subject) -> Result:
     environment: dict[str, Any] = {name: [] for name in plan.resource_types}
     environment.update(subject.resources_by_type)
     environment.update(retrieve_all(plan.retrieves, subject.resources_by_type))
+    environment.update({parameter.name: parameter.value for parameter in plan.parameters})
     environment.update(
         {
             "patient": dict(subject.patient) if subject.patient else [],

@@ -4,7 +4,7 @@ from data requirements (HL7 "Using FHIR Clinical Reasoning with CDS Hooks")."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,8 +57,10 @@ class Catalogue:
         return next((plan for plan in self.knowledge.plans if plan.id == plan_id), None)
 
 
-def load_catalogue(directories: Iterable[Path]) -> Catalogue:
-    knowledge = load_knowledge(directories)
+def load_catalogue(
+    directories: Iterable[Path], parameters: Mapping[str, Any] | None = None
+) -> Catalogue:
+    knowledge = load_knowledge(directories, parameters)
     problems: list[Problem] = []
     services: dict[str, CdsService] = {}
     for plan in knowledge.plans:

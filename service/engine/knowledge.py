@@ -29,6 +29,17 @@ from service.engine.units import UnitTable
 
 VARIABLE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/variable"
 UNIT_TABLE_SUFFIX = ".units.json"
+DEFAULT_VALUE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/cqf-defaultValue"
+# ParameterDefinition types a deployment can set, and the Python values each accepts.
+PARAMETER_TYPES: Mapping[str, tuple[type, ...]] = {
+    "integer": (int,),
+    "decimal": (int, float),
+    "string": (str,),
+    "code": (str,),
+    "boolean": (bool,),
+    "date": (str,),
+    "dateTime": (str,),
+}
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 KNOWLEDGE_TYPES = frozenset(
     {"PlanDefinition", "ActivityDefinition", "Library", "ValueSet", "CodeSystem", "ConceptMap"}
@@ -77,6 +88,16 @@ class Variable:
 
 
 @dataclass(frozen=True)
+class Parameter:
+    """An input of the logic (Library.parameter, use `in`), bound as %<name>: its default, or the
+    deployment's value from RPL_CDS_PARAMETERS."""
+
+    name: str
+    type: str
+    value: Any
+
+
+@dataclass(frozen=True)
 class DynamicValue:
     path: str
     expression: CompiledExpression
@@ -117,6 +138,7 @@ class Plan:
     # (element path, DataRequirement) from Libraries and action inputs: prefetch and retrieves.
     data_requirements: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     retrieves: list[Retrieve] = field(default_factory=list)
+    parameters: list[Parameter] = field(default_factory=list)
 
 
 @dataclass
@@ -135,7 +157,11 @@ class Knowledge:
         return self.by_canonical.get(canonical)
 
 
-def load_knowledge(directories: Iterable[Path]) -> Knowledge:
+def load_knowledge(
+    directories: Iterable[Path], parameters: Mapping[str, Any] | None = None
+) -> Knowledge:
+    """Load, validate and compile; `parameters` are the deployment's values for the parameters
+    the knowledge declares (an unknown name or a wrong type is a problem too)."""
     problems: list[Problem] = []
     knowledge = Knowledge()
     directories = list(directories)
@@ -159,9 +185,15 @@ def load_knowledge(directories: Iterable[Path]) -> Knowledge:
                 static_check=lambda text: check_expression(
                     text, knowledge.terminology, knowledge.units
                 ),
+                settings=parameters or {},
             ).compile(resource)
             if plan is not None:
                 knowledge.plans.append(plan)
+    declared = {parameter.name for plan in knowledge.plans for parameter in plan.parameters}
+    for name in sorted(set(parameters or {}) - declared):
+        problems.append(
+            Problem(Path("RPL_CDS_PARAMETERS"), name, "no loaded Library declares this parameter")
+        )
     if problems:
         raise KnowledgeError(problems)
     return knowledge
@@ -253,6 +285,7 @@ class _PlanCompiler:
     problems: list[Problem]
     functions: Mapping[str, Any] = field(default_factory=dict)
     static_check: Callable[[str], list[str]] = _no_static_problems
+    settings: Mapping[str, Any] = field(default_factory=dict)
     activities: dict[str, Activity] = field(default_factory=dict)
     resource_types: set[str] = field(default_factory=set)
     action_ids: set[str] = field(default_factory=set)
@@ -270,7 +303,12 @@ class _PlanCompiler:
                 )
         requirements = list(self._data_requirements(resource))
         retrieves = self._retrieves(requirements)
+        parameters = self._parameters(resource)
         known = set(ENGINE_VARIABLES) | {retrieve.name for retrieve in retrieves}
+        for parameter in parameters:
+            if parameter.name in known:
+                self._problem("PlanDefinition.library", f"parameter '{parameter.name}' clashes")
+            known.add(parameter.name)
         variables = self._variables(resource, "PlanDefinition", known)
         actions = [
             self._action(action, f"PlanDefinition.action[{index}]", known)
@@ -289,7 +327,49 @@ class _PlanCompiler:
             frozenset(self.resource_types),
             requirements,
             retrieves,
+            parameters,
         )
+
+    def _parameters(self, resource: dict[str, Any]) -> list[Parameter]:
+        parameters = []
+        for index, canonical in enumerate(resource.get("library", [])):
+            library = self.knowledge.resolve(canonical) or {}
+            for number, definition in enumerate(library.get("parameter", [])):
+                if definition.get("use") != "in":
+                    continue
+                where = f"Library {canonical} parameter[{number}] (PlanDefinition.library[{index}])"
+                parameter = self._parameter(definition, where)
+                if parameter is not None:
+                    parameters.append(parameter)
+        return parameters
+
+    def _parameter(self, definition: dict[str, Any], where: str) -> Parameter | None:
+        name, kind = definition.get("name", ""), definition.get("type", "")
+        if not _IDENTIFIER.fullmatch(name) or kind not in PARAMETER_TYPES:
+            self._problem(
+                where, f"needs a name usable as %name and a type in {sorted(PARAMETER_TYPES)}"
+            )
+            return None
+        default = next(
+            (
+                value
+                for extension in definition.get("extension", [])
+                if extension.get("url") == DEFAULT_VALUE_EXTENSION
+                for key, value in extension.items()
+                if key.startswith("value")
+            ),
+            None,
+        )
+        value = self.settings.get(name, default)
+        if value is None:
+            self._problem(where, f"'{name}' has no default and RPL_CDS_PARAMETERS does not set it")
+            return None
+        allowed = PARAMETER_TYPES[kind]
+        # bool is an int to Python, but true is not an integer to an author.
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            self._problem(where, f"'{name}' must be of type {kind}, not {value!r}")
+            return None
+        return Parameter(name, kind, value)
 
     def _data_requirements(self, resource: dict[str, Any]) -> Iterable[tuple[str, dict[str, Any]]]:
         for index, canonical in enumerate(resource.get("library", [])):
