@@ -641,3 +641,41 @@ def test_parameter_settings_are_checked_at_load(
     with pytest.raises(KnowledgeError) as caught:
         load_knowledge([parameter_knowledge(tmp_path)], settings)
     assert any(expected in str(problem) for problem in caught.value.problems), caught.value.problems
+
+
+async def test_applicability_behavior_any_keeps_the_first_applicable(
+    make_client: Any, tmp_path: Path
+) -> None:
+    behavior = "http://hl7.org/fhir/StructureDefinition/cqf-applicabilityBehavior"
+    plan = {
+        "resourceType": "PlanDefinition",
+        "id": "first-match",
+        "url": "https://example.org/PlanDefinition/first-match",
+        "status": "active",
+        "description": "First match",
+        "action": [
+            {
+                "id": "chain",
+                "title": "chain",
+                "extension": [{"url": behavior, "valueCode": "any"}],
+                "action": [
+                    {"id": "no", "title": "no", "condition": applies("false")},
+                    {"id": "first", "title": "first", "condition": applies("true")},
+                    {"id": "second", "title": "second", "condition": applies("true")},
+                ],
+            },
+            {
+                "id": "all",
+                "title": "all",
+                "action": [{"id": "x", "title": "x"}, {"id": "y", "title": "y"}],
+            },
+        ],
+    }
+    directory = tmp_path / "first"
+    directory.mkdir()
+    (directory / "plan.json").write_text(json.dumps(plan))
+    async with make_client(knowledge_dirs=[directory]) as client:
+        group = await apply(client, "first-match", parameters())
+    chain, every = group["action"]
+    assert [a["id"] for a in chain["action"]] == ["first"]
+    assert [a["id"] for a in every["action"]] == ["x", "y"]

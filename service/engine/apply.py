@@ -15,6 +15,8 @@ Semantics (documented for authors in docs/knowledge-authoring.md):
   created from the action's ActivityDefinition.
 - `relatedAction` with an offset dates an action from another action's `timingDateTime` (e.g. a
   repeat test 12 weeks after an earlier result), resolved once all actions are evaluated.
+- `cqf-applicabilityBehavior` `any` on the PlanDefinition or an action keeps only the first
+  applicable action among its children (a first-match rule chain); `all` (default) keeps each.
 - An expression that fails at run time makes its action not applicable and is recorded in the
   trace; it never fails the call.
 """
@@ -71,6 +73,8 @@ _TIMING_TO_OCCURRENCE = {
 }
 _BEFORE = frozenset({"before-start", "before", "before-end"})
 _AFTER = frozenset({"after-start", "after", "after-end"})
+# CPG: `any` includes only the first applicable child action, `all` (the default) every one.
+APPLICABILITY_BEHAVIOR = "http://hl7.org/fhir/StructureDefinition/cqf-applicabilityBehavior"
 _PATH_STEP = re.compile(r"^([A-Za-z][A-Za-z0-9]*)(?:\[(\d+)\])?$")
 
 
@@ -126,12 +130,12 @@ def apply_plan(plan: Plan, subject: Subject) -> Result:
     if not run.bind(plan.variables, environment, plan_trace):
         return Result(run.request_group(plan, []), run.trace)
     plan_trace.applied = True
-    actions = [
-        out
+    candidates = [
+        action
         for action in plan.actions
         if subject.hook is None or not action.hooks or subject.hook in action.hooks
-        for out in run.action(action, environment)
     ]
+    actions = run.actions(candidates, environment, _first_only(plan.raw))
     run.resolve_related_timing()
     return Result(run.request_group(plan, actions), run.trace)
 
@@ -228,7 +232,7 @@ class _Run:
         if resource is not None:
             out["resource"] = {"reference": f"#{resource['id']}"}
             self.resources_of[id(out)] = resource
-        children = [c for child in action.children for c in self.action(child, environment)]
+        children = self.actions(action.children, environment, _first_only(action.raw))
         if children:
             out["action"] = children
         self.by_id[action.key] = out
@@ -239,6 +243,17 @@ class _Run:
             {**copy.deepcopy(out), "id": f"{action.key}-{index}", "resource": {"reference": target}}
             for index, target in enumerate(targets, start=1)
         ]
+
+    def actions(
+        self, actions: list[Action], environment: Mapping[str, Any], first_only: bool
+    ) -> list[dict[str, Any]]:
+        """The applicable ones; with applicability behavior `any`, only the first of them."""
+        out: list[dict[str, Any]] = []
+        for action in actions:
+            out.extend(self.action(action, environment))
+            if first_only and out:
+                break
+        return out
 
     def set_dynamic(
         self,
@@ -333,6 +348,13 @@ class _Run:
         if actions:
             group["action"] = actions
         return group
+
+
+def _first_only(owner: Mapping[str, Any]) -> bool:
+    return any(
+        extension.get("url") == APPLICABILITY_BEHAVIOR and extension.get("valueCode") == "any"
+        for extension in owner.get("extension", [])
+    )
 
 
 def _reference(item: Any) -> str | None:
