@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -61,6 +62,8 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
     if _validate(settings.all_knowledge_dirs, settings.parameters) != 0:
         return 1
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if workers > 1:
+        _share_metrics(settings.data_dir / "metrics")
     if settings.auto_migrate:
         upgrade(settings.resolved_database_url)
         # Migrated once here, so that workers starting together do not race to migrate.
@@ -76,6 +79,15 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
         proxy_headers=True,
     )
     return 0
+
+
+def _share_metrics(directory: Path) -> None:
+    """Several workers: one metrics directory, emptied so that counts start from this start."""
+    from service.ops.metrics import MULTIPROCESS_DIR_ENV
+
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ[MULTIPROCESS_DIR_ENV] = str(directory.resolve())
 
 
 if __name__ == "__main__":

@@ -24,8 +24,12 @@ def test_serve_on_embedded_defaults(tmp_path: Path, workers: str) -> None:
             )
             for _ in range(6)  # several calls, so that with 2 workers both are likely used
         ]
+        metrics = httpx.get(f"{service.url}/metrics", timeout=5).text
         output = service.output()
     assert discovery.status_code == 200
+    # Whichever worker answers the scrape, it counts every worker's calls.
+    served = 'rpl_cds_requests_total{endpoint="/cds-services/{service_id}",service="rpl-workup",status="200"} 6.0'
+    assert served in metrics
     assert all(
         call.status_code == 200 and topics(call.json()) == {"lifestyle-support"} for call in calls
     )

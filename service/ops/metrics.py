@@ -3,9 +3,14 @@ tests and several apps in one process never share counts)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
+
+# Set by `rpl-cds serve` for several workers: prometheus-client then keeps every worker's values
+# in files there, and a scrape, answered by any one worker, reports the sum over all of them.
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -49,3 +54,13 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+
+    def exposition(self) -> CollectorRegistry:
+        """What a scrape reports: this app's registry, or all workers' values when several
+        processes serve."""
+        directory = os.environ.get(MULTIPROCESS_DIR_ENV)
+        if not directory:
+            return self.registry
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined, path=directory)  # type: ignore[no-untyped-call]
+        return combined

@@ -38,4 +38,4 @@ async def readyz(runtime: RuntimeDep) -> Response:
 
 @router.get("/metrics")
 async def metrics(runtime: RuntimeDep) -> Response:
-    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(runtime.metrics.exposition()), media_type=CONTENT_TYPE_LATEST)
