@@ -80,6 +80,16 @@ def as_of_today(text: str) -> Any:
     return json.loads(shift_dates(text, (today() - documented_today()).days))
 
 
+def assert_as_printed(actual: Any, name: str) -> None:
+    """`actual` is the guide's `example-response: name` block (dates moved to today). On a
+    difference the message holds the block to print instead, dated as the guide is."""
+    if actual != as_of_today(blocks("response")[name]):
+        printed = shift_dates(
+            json.dumps(actual, indent=2, ensure_ascii=False), (documented_today() - today()).days
+        )
+        pytest.fail(f"the guide's {name} response is out of date; the service answers:\n{printed}")
+
+
 def write_example(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for name, body in blocks("file").items():
@@ -212,7 +222,7 @@ async def call(make_client: Any, example: Path, request: dict[str, Any], **setti
 async def test_discovery_lists_the_documented_prefetch(make_client: Any, example: Path) -> None:
     async with make_client(knowledge_dirs=[example]) as client:
         discovery = (await client.get("/cds-services")).json()
-    assert discovery == json.loads(blocks("response")["discovery"])
+    assert_as_printed(discovery, "discovery")
     (service,) = discovery["services"]
     assert service["id"] == SERVICE
     assert service["hook"] == "patient-view"
@@ -226,7 +236,7 @@ async def test_the_documented_call_returns_the_documented_card(
     make_client: Any, example: Path
 ) -> None:
     body = await call(make_client, example, patient_view_request())
-    assert body == as_of_today(blocks("response")["patient-view"])
+    assert_as_printed(body, "patient-view")
 
     (card,) = body["cards"]
     last = shift_dates("2025-01-31", (today() - documented_today()).days)
@@ -312,6 +322,18 @@ async def test_no_result_on_record(make_client: Any, example: Path) -> None:
     assert card["detail"].startswith("No HbA1c result is on record.")
 
 
+async def test_an_unusable_unit_keeps_the_static_texts(make_client: Any, example: Path) -> None:
+    request = patient_view_request()
+    quantity = entries(request, "hba1c")[-1]["valueQuantity"]
+    quantity.pop("code")
+    quantity.pop("system")
+    quantity["unit"] = "mmol per mol"  # not a UCUM code: quantityIn('%') is empty
+    (card,) = (await call(make_client, example, request))["cards"]
+    plan = json.loads(blocks("file")["PlanDefinition-diabetes-hba1c.json"])
+    assert card["summary"] == plan["action"][0]["title"]
+    assert card["detail"] == plan["action"][0]["description"]
+
+
 async def test_apply_returns_the_documented_request_group(make_client: Any, example: Path) -> None:
     async with make_client(knowledge_dirs=[example]) as client:
         response = await client.post(
@@ -320,7 +342,7 @@ async def test_apply_returns_the_documented_request_group(make_client: Any, exam
     assert response.status_code == 200, response.text
     group = response.json()
     RequestGroup.model_validate(group)
-    assert group == as_of_today(blocks("response")["apply"])
+    assert_as_printed(group, "apply")
     (order,) = group["contained"]
     ServiceRequest.model_validate(order)
     (action,) = group["action"]
@@ -330,6 +352,6 @@ async def test_apply_returns_the_documented_request_group(make_client: Any, exam
 async def test_the_trace_shows_the_evaluation(make_client: Any, example: Path) -> None:
     body = await call(make_client, example, patient_view_request(), return_trace=True)
     trace = {entry["action"]: entry for entry in body["extension"]["org.rpl-cds.trace"]}
-    assert trace["PlanDefinition.action[0]"] == json.loads(blocks("response")["trace-entry"])
+    assert_as_printed(trace["PlanDefinition.action[0]"], "trace-entry")
     assert trace["PlanDefinition"]["variables"]["daysSince"] == [122]
     assert trace["PlanDefinition"]["variables"]["lastPercent"] == [8.4635]
