@@ -679,3 +679,84 @@ async def test_applicability_behavior_any_keeps_the_first_applicable(
     chain, every = group["action"]
     assert [a["id"] for a in chain["action"]] == ["first"]
     assert [a["id"] for a in every["action"]] == ["x", "y"]
+
+
+async def test_activity_dynamic_values_set_the_resource_and_fail_safely(
+    make_client: Any, tmp_path: Path
+) -> None:
+    activity = {
+        "resourceType": "ActivityDefinition",
+        "url": "https://example.org/ActivityDefinition/dyn",
+        "status": "active",
+        "kind": "ServiceRequest",
+        "code": {"text": "a test"},
+        "dynamicValue": [
+            {
+                "path": "priority",
+                "expression": fp("iif(%Observation.count() > 1, 'urgent', 'routine')"),
+            },
+            {"path": "ServiceRequest.note[0].text", "expression": fp("%Observation.single().id")},
+        ],
+    }
+    plan = {
+        "resourceType": "PlanDefinition",
+        "id": "dyn",
+        "url": "https://example.org/PlanDefinition/dyn",
+        "status": "active",
+        "description": "Activity dynamic values",
+        "action": [
+            {"id": "order", "title": "Order", "definitionCanonical": activity["url"]},
+            {
+                "id": "codes",
+                "title": "Codes",
+                "condition": applies(
+                    "%sct = 'http://snomed.info/sct' and %loinc = 'http://loinc.org'"
+                ),
+            },
+            {
+                "id": "categorised",
+                "title": "Categorised",
+                "input": [
+                    {
+                        "id": "vitals",
+                        "type": "Observation",
+                        "codeFilter": [
+                            {
+                                "path": "category",
+                                "code": [{"system": "https://example.org/cat", "code": "vital"}],
+                            }
+                        ],
+                    }
+                ],
+                "condition": applies("%vitals.exists()"),
+            },
+        ],
+    }
+    directory = tmp_path / "dyn"
+    directory.mkdir()
+    (directory / "a.json").write_text(json.dumps(activity))
+    (directory / "p.json").write_text(json.dumps(plan))
+    one = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "code": {"text": "x"},
+        "category": [{"coding": [{"system": "https://example.org/cat", "code": "vital"}]}],
+    }
+    two = {
+        **one,
+        "id": "o2",
+        "category": [{"coding": [{"system": "https://example.org/cat", "code": "lab"}]}],
+    }
+    async with make_client(knowledge_dirs=[directory], return_trace=True) as client:
+        single = await apply(client, "dyn", parameters(one))
+        failing = await apply(client, "dyn", parameters(one, two))
+    order = single["contained"][0]
+    assert order["priority"] == "routine"
+    assert order["note"] == [{"text": "o1"}]
+    assert [a["id"] for a in single["action"]] == ["order", "codes", "categorised"]
+    # single() over two results fails: that action is left out, the call still answers.
+    assert [a["id"] for a in failing["action"]] == ["codes", "categorised"]
+    assert "contained" not in failing
+    trace = {e["action"]: e for e in json.loads(failing["extension"][0]["valueString"])}
+    assert "single() called on 2 items" in trace["PlanDefinition.action[0]"]["error"]

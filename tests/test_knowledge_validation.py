@@ -328,3 +328,97 @@ def test_a_variable_may_not_shadow_another_name(tmp_path: Path) -> None:
     problems = problems_for(tmp_path, {"p.json": shadowing})
     assert any("variable 'labs' is already defined" in p for p in problems), problems
     assert any("variable 'today' is already defined" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {
+                "p.json": with_condition(
+                    "true",
+                    input=[
+                        {
+                            "id": "x",
+                            "type": "Observation",
+                            "codeFilter": [{"path": "code", "code": [{"code": "no-system"}]}],
+                        }
+                    ],
+                )
+            },
+            ["codeFilter[0].code: every code needs a system and a code"],
+        ),
+        ({"p.json": with_condition("%resource.exists()")}, ["['resource']"]),
+        (
+            {"p.json": plan(action=[{"id": "same", "title": "a"}, {"id": "same", "title": "b"}])},
+            ["PlanDefinition.action[1].id: action id 'same' is used twice"],
+        ),
+        (
+            {
+                "p.json": plan(
+                    action=[{"title": "a", "trigger": [{"type": "data-changed", "name": "x"}]}]
+                )
+            },
+            ["action[0].trigger[0]: only named-event triggers"],
+        ),
+        (
+            {
+                "p.json": plan(
+                    action=[
+                        {
+                            "title": "a",
+                            "action": [
+                                {
+                                    "title": "b",
+                                    "trigger": [{"type": "named-event", "name": "patient-view"}],
+                                }
+                            ],
+                        }
+                    ]
+                )
+            },
+            ["action[0].action[0].trigger[0]: triggers belong on top-level actions"],
+        ),
+        (
+            {
+                "p.json": plan(
+                    extension=[
+                        {
+                            "url": "http://hl7.org/fhir/StructureDefinition/cqf-applicabilityBehavior",
+                            "valueCode": "first",
+                        }
+                    ]
+                )
+            },
+            ["PlanDefinition.extension[0]: valueCode must be any or all"],
+        ),
+    ],
+)
+def test_authoring_mistakes_are_reported(
+    tmp_path: Path, files: dict[str, Any], expected: list[str]
+) -> None:
+    problems = problems_for(tmp_path, files)
+    for fragment in expected:
+        assert any(fragment in problem for problem in problems), problems
+
+
+def test_a_wrong_parameter_value_is_one_problem(tmp_path: Path) -> None:
+    library = {
+        "resourceType": "Library",
+        "url": "https://example.org/Library/l",
+        "status": "active",
+        "type": {"coding": [{"code": "logic-library"}]},
+        "parameter": [{"name": "days", "use": "in", "type": "integer"}],
+    }
+    (tmp_path / "l.json").write_text(json.dumps(library))
+    (tmp_path / "p.json").write_text(json.dumps(plan(library=[library["url"]])))
+    with pytest.raises(KnowledgeError) as caught:
+        load_catalogue([tmp_path], {"days": "many"})
+    assert [p.reason for p in caught.value.problems] == [
+        "'days' must be of type integer, not 'many'"
+    ]
+
+
+def test_a_retired_plan_is_not_served(tmp_path: Path) -> None:
+    (tmp_path / "p.json").write_text(json.dumps(plan(status="retired")))
+    assert load_catalogue([tmp_path]).services == {}

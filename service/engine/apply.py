@@ -36,6 +36,7 @@ from typing import Any
 from service.engine.fhirpath import CompiledExpression
 from service.engine.knowledge import (
     ACTION_PATHS,
+    APPLICABILITY_BEHAVIOR,
     VARIABLE_EXTENSION,
     Action,
     Activity,
@@ -73,8 +74,6 @@ _TIMING_TO_OCCURRENCE = {
 }
 _BEFORE = frozenset({"before-start", "before", "before-end"})
 _AFTER = frozenset({"after-start", "after", "after-end"})
-# CPG: `any` includes only the first applicable child action, `all` (the default) every one.
-APPLICABILITY_BEHAVIOR = "http://hl7.org/fhir/StructureDefinition/cqf-applicabilityBehavior"
 _PATH_STEP = re.compile(r"^([A-Za-z][A-Za-z0-9]*)(?:\[(\d+)\])?$")
 
 
@@ -123,6 +122,9 @@ def apply_plan(plan: Plan, subject: Subject) -> Result:
             "hook": subject.hook or [],
             "missingData": list(subject.missing_data),
             "today": subject.today.isoformat(),
+            # FHIRPath's own constants (fhirpathpy binds only %ucum).
+            "sct": "http://snomed.info/sct",
+            "loinc": "http://loinc.org",
         }
     )
     run = _Run(subject)
@@ -216,13 +218,12 @@ class _Run:
         ]
         if extensions:
             out["extension"] = extensions
-        resource = (
-            self.create(action.activity, action.key, environment, entry)
-            if action.activity
-            else None
-        )
-        targets: list[Any] | None = None
         try:
+            resource = (
+                self.create(action.activity, action.key, environment, entry)
+                if action.activity
+                else None
+            )
             targets = self.set_dynamic(action.dynamic_values, environment, entry, out, resource)
         except Exception as error:  # fhirpathpy raises many types
             entry.error = f"dynamicValue: {error}"
@@ -274,6 +275,7 @@ class _Run:
                 if result:
                     out[path] = "\n".join(str(item) for item in result)
             elif resource is not None and result:
+                path = path.removeprefix(f"{resource['resourceType']}.")
                 _set_path(resource, path, result[0] if len(result) == 1 else result)
         return targets
 
@@ -284,8 +286,8 @@ class _Run:
         environment: Mapping[str, Any],
         entry: TraceEntry,
     ) -> dict[str, Any]:
-        """A draft request from an ActivityDefinition (ServiceRequest, MedicationRequest or
-        CommunicationRequest), with the definition's dynamic values applied."""
+        """A draft request from an ActivityDefinition (ServiceRequest or MedicationRequest), with
+        the definition's dynamic values applied."""
         definition = activity.raw
         kind = definition["kind"]
         resource: dict[str, Any] = {
@@ -311,8 +313,14 @@ class _Run:
             for timing, occurrence in _TIMING_TO_OCCURRENCE.items():
                 if timing in definition:
                     resource[occurrence] = definition[timing]
-        self.set_dynamic(activity.dynamic_values, environment, entry, {}, resource)
-        self.contained.append(resource)
+        for dynamic in activity.dynamic_values:
+            # Every path of an ActivityDefinition's dynamic value is on the resource it defines;
+            # a leading type (`ServiceRequest.note`) is the same path written in full.
+            result = self.evaluate(dynamic.expression, environment, entry)
+            if result:
+                path = dynamic.path.removeprefix(f"{kind}.")
+                _set_path(resource, path, result[0] if len(result) == 1 else result)
+        self.contained.append(resource)  # only once complete: a failure above adds nothing
         return resource
 
     def resolve_related_timing(self) -> None:

@@ -77,6 +77,8 @@ def load_catalogue(
 
 def _services_of(plan: Plan, knowledge: Knowledge, problems: list[Problem]) -> list[CdsService]:
     raw = plan.raw
+    if raw.get("status") == "retired":
+        return []  # kept for the record (still validated and $apply-able), no longer served
     description = raw.get("description") or raw.get("title")
     if plan.hooks and not description:
         problems.append(Problem(plan.file, "PlanDefinition.description", "required for discovery"))
@@ -151,7 +153,11 @@ class _PrefetchBuilder:
             if not search_param:
                 self.problem(where, "needs searchParam or path")
                 return None
-            codes = [f"{c['system']}|{c['code']}" for c in code_filter.get("code", [])]
+            listed = code_filter.get("code", [])
+            if any(not (c.get("system") and c.get("code")) for c in listed):
+                self.problem(where, "every code needs a system and a code")
+                return None
+            codes = [f"{c['system']}|{c['code']}" for c in listed]
             if code_filter.get("valueSet"):
                 url = code_filter["valueSet"]
                 if not self.knowledge.terminology.knows(url):

@@ -27,8 +27,9 @@ R4_MODEL: dict[str, Any] = models["r4"]
 _STRINGS = re.compile(r"'(?:[^'\\]|\\.)*'|`[^`]*`")
 _VARIABLE = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)")
 
-# Environment variables the FHIRPath specification or fhirpathpy define themselves.
-BUILTIN_VARIABLES = frozenset({"ucum", "context", "resource", "rootResource", "sct", "loinc"})
+# Environment variables the FHIRPath specification defines that the engine binds.
+# (%resource and %rootResource are not: an engine evaluation has no single focus resource.)
+BUILTIN_VARIABLES = frozenset({"ucum", "sct", "loinc"})
 
 
 class ExpressionError(ValueError):

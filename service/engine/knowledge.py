@@ -28,6 +28,7 @@ from service.engine.terminology import Terminology
 from service.engine.units import UnitTable
 
 VARIABLE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/variable"
+APPLICABILITY_BEHAVIOR = "http://hl7.org/fhir/StructureDefinition/cqf-applicabilityBehavior"
 UNIT_TABLE_SUFFIX = ".units.json"
 DEFAULT_VALUE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/cqf-defaultValue"
 # ParameterDefinition types a deployment can set, and the Python values each accepts.
@@ -51,7 +52,7 @@ ACTION_PATHS = frozenset(
     {"title", "description", "priority", "timingDateTime", "textEquivalent", "resource"}
 )
 # The request resources $apply can create from an ActivityDefinition.
-ACTIVITY_KINDS = frozenset({"ServiceRequest", "MedicationRequest", "CommunicationRequest"})
+ACTIVITY_KINDS = frozenset({"ServiceRequest", "MedicationRequest"})
 # fhir.resources checks structure and datatypes but not code bindings; these codes drive the card
 # mapping, so a misspelt one must not silently become the default.
 ACTION_CODES = {
@@ -189,7 +190,7 @@ def load_knowledge(
             ).compile(resource)
             if plan is not None:
                 knowledge.plans.append(plan)
-    declared = {parameter.name for plan in knowledge.plans for parameter in plan.parameters}
+    declared = _declared_parameters(knowledge)
     for name in sorted(set(parameters or {}) - declared):
         problems.append(
             Problem(Path("RPL_CDS_PARAMETERS"), name, "no loaded Library declares this parameter")
@@ -197,6 +198,18 @@ def load_knowledge(
     if problems:
         raise KnowledgeError(problems)
     return knowledge
+
+
+def _declared_parameters(knowledge: Knowledge) -> set[str]:
+    """Every `in` parameter of a loaded Library, valid or not (an invalid one is reported
+    already; it must not also read as undeclared)."""
+    return {
+        str(definition.get("name"))
+        for resource in knowledge.by_canonical.values()
+        if resource.get("resourceType") == "Library"
+        for definition in resource.get("parameter", [])
+        if definition.get("use") == "in"
+    }
 
 
 def _read_documents(
@@ -301,6 +314,7 @@ class _PlanCompiler:
                 self._problem(
                     f"PlanDefinition.library[{index}]", f"{canonical} is not a loaded Library"
                 )
+        self._check_applicability_behavior(resource, "PlanDefinition")
         requirements = list(self._data_requirements(resource))
         retrieves = self._retrieves(requirements)
         parameters = self._parameters(resource)
@@ -418,7 +432,11 @@ class _PlanCompiler:
     def _filter_codes(
         self, code_filter: dict[str, Any], path: str
     ) -> frozenset[tuple[str, str]] | None:
-        codes = {(c["system"], c["code"]) for c in code_filter.get("code", []) if c.get("system")}
+        listed = code_filter.get("code", [])
+        if any(not (c.get("system") and c.get("code")) for c in listed):
+            self._problem(f"{path}.code", "every code needs a system and a code")
+            return None
+        codes = {(c["system"], c["code"]) for c in listed}
         url = code_filter.get("valueSet")
         if url:
             if not self.knowledge.terminology.knows(url):
@@ -432,6 +450,7 @@ class _PlanCompiler:
 
     def _action(self, raw: dict[str, Any], path: str, known: set[str]) -> Action:
         scope = set(known)  # variables of an action are visible to it and its children only
+        self._check_action_shape(raw, path)
         for element, allowed in ACTION_CODES.items():
             if element in raw and raw[element] not in allowed:
                 self._problem(
@@ -474,6 +493,26 @@ class _PlanCompiler:
         return Action(
             raw, path, key, hooks, variables, conditions, dynamic_values, children, activity
         )
+
+    def _check_action_shape(self, raw: dict[str, Any], path: str) -> None:
+        action_id = raw.get("id")
+        if action_id and action_id in self.action_ids:
+            # Card and suggestion uuids are derived from action ids: two would collide.
+            self._problem(f"{path}.id", f"action id '{action_id}' is used twice")
+        top_level = path.count(".action[") == 1
+        for index, trigger in enumerate(raw.get("trigger", [])):
+            where = f"{path}.trigger[{index}]"
+            if trigger.get("type") != "named-event" or not trigger.get("name"):
+                self._problem(where, "only named-event triggers (a CDS Hooks hook) are supported")
+            elif not top_level:
+                self._problem(where, "triggers belong on top-level actions")
+        self._check_applicability_behavior(raw, path)
+
+    def _check_applicability_behavior(self, owner: dict[str, Any], path: str) -> None:
+        for index, extension in enumerate(owner.get("extension", [])):
+            behavior = extension.get("valueCode")
+            if extension.get("url") == APPLICABILITY_BEHAVIOR and behavior not in ("any", "all"):
+                self._problem(f"{path}.extension[{index}]", "valueCode must be any or all")
 
     def _dynamic_values(
         self, owner: dict[str, Any], path: str, scope: set[str]

@@ -54,10 +54,23 @@ def _index(resources: list[dict[str, Any]], path: str) -> dict[Code, list[int]]:
     """(system, code) -> positions of the resources coded with it, built once per request."""
     index: dict[Code, list[int]] = {}
     for position, resource in enumerate(resources):
-        concept = resource.get(path) or resource.get(f"{path}CodeableConcept")
-        if not isinstance(concept, dict):
-            continue
-        for coding in concept.get("coding", []):
-            if isinstance(coding, dict) and coding.get("system") and coding.get("code"):
-                index.setdefault((coding["system"], coding["code"]), []).append(position)
+        element = resource.get(path) or resource.get(f"{path}CodeableConcept")
+        for system, code in _codes(element):
+            positions = index.setdefault((system, code), [])
+            if not positions or positions[-1] != position:
+                positions.append(position)
     return index
+
+
+def _codes(element: Any) -> list[Code]:
+    """The codings of a CodeableConcept or a Coding, or of a list of them (Observation.category,
+    Encounter.class): the shapes a code filter's path can point at."""
+    items = element if isinstance(element, list) else [element]
+    codes = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        for coding in item.get("coding", [item]):  # a Coding is its own single coding
+            if isinstance(coding, dict) and coding.get("system") and coding.get("code"):
+                codes.append((coding["system"], coding["code"]))
+    return codes
