@@ -422,3 +422,48 @@ def test_a_wrong_parameter_value_is_one_problem(tmp_path: Path) -> None:
 def test_a_retired_plan_is_not_served(tmp_path: Path) -> None:
     (tmp_path / "p.json").write_text(json.dumps(plan(status="retired")))
     assert load_catalogue([tmp_path]).services == {}
+
+
+def test_date_filters_become_search_parameters(tmp_path: Path) -> None:
+    resource = with_condition(
+        "true",
+        input=[
+            {
+                "id": "recent",
+                "type": "Observation",
+                "dateFilter": [
+                    {
+                        "path": "effective",
+                        "searchParam": "date",
+                        "valuePeriod": {"start": "2024-01-01", "end": "2024-12-31"},
+                    }
+                ],
+            },
+            {
+                "id": "on",
+                "type": "Procedure",
+                "dateFilter": [{"path": "date", "valueDateTime": "2024-05-01"}],
+            },
+        ],
+    )
+    (tmp_path / "p.json").write_text(json.dumps(resource))
+    service = load_catalogue([tmp_path]).services["test-plan"]
+    assert service.prefetch == {
+        "recent": "Observation?patient={{context.patientId}}&date=ge2024-01-01&date=le2024-12-31",
+        "on": "Procedure?patient={{context.patientId}}&date=eq2024-05-01",
+    }
+
+
+def test_a_relative_date_filter_is_refused_with_the_reason(tmp_path: Path) -> None:
+    relative = with_condition(
+        "true",
+        input=[
+            {
+                "id": "lastYear",
+                "type": "Observation",
+                "dateFilter": [{"path": "date", "valueDuration": {"value": 1, "code": "a"}}],
+            }
+        ],
+    )
+    problems = problems_for(tmp_path, {"p.json": relative})
+    assert any("needs CDS Hooks 3.0 date tokens" in p for p in problems), problems

@@ -167,4 +167,30 @@ class _PrefetchBuilder:
                 closure = self.knowledge.terminology.closure(url)
                 codes.extend(f"{system}|{code}" for system, code in sorted(closure))
             params.append(f"{search_param}={','.join(dict.fromkeys(codes))}")
+        for index, date_filter in enumerate(requirement.get("dateFilter", [])):
+            dates = self._date_params(date_filter, f"{path}.dateFilter[{index}]")
+            if dates is None:
+                return None
+            params.extend(dates)
         return f"{resource_type}?{'&'.join(params)}"
+
+    def _date_params(self, date_filter: dict[str, Any], where: str) -> list[str] | None:
+        """Absolute date filters as search parameters. A relative one (valueDuration, "the last
+        year") needs CDS Hooks 3.0's today() token, which a 2.0 EHR does not expand; lookbacks
+        belong in the expressions (daysBetween) instead."""
+        search_param = date_filter.get("searchParam") or date_filter.get("path")
+        if not search_param:
+            self.problem(where, "needs searchParam or path")
+            return None
+        if "valueDateTime" in date_filter:
+            return [f"{search_param}=eq{date_filter['valueDateTime']}"]
+        period = date_filter.get("valuePeriod")
+        if isinstance(period, dict) and (period.get("start") or period.get("end")):
+            bounds = [("ge", period.get("start")), ("le", period.get("end"))]
+            return [f"{search_param}={prefix}{value}" for prefix, value in bounds if value]
+        self.problem(
+            where,
+            "only valueDateTime and valuePeriod filters can be prefetch queries; a relative "
+            "valueDuration needs CDS Hooks 3.0 date tokens (use daysBetween in expressions)",
+        )
+        return None
