@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.engine.catalogue import load_catalogue
-from service.engine.knowledge import KnowledgeError
+from service.engine.problems import KnowledgeError
 from service.settings import Settings
 
 

@@ -10,18 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.knowledge import VAR, fp
 from test_service_calls import assert_no_empty_fields
 
 from service.settings import bundled_knowledge_dirs
 
-VAR = "http://hl7.org/fhir/StructureDefinition/variable"
 OVERRIDE = "https://fhir.rpl-cds.org/StructureDefinition/cds-override-reason"
 RECOMMENDED = "https://fhir.rpl-cds.org/StructureDefinition/cds-is-recommended"
 TOPICS = "https://example.org/CodeSystem/topics"
-
-
-def fhirpath(expression: str) -> dict[str, str]:
-    return {"language": "text/fhirpath", "expression": expression}
 
 
 ACTIVITY = {
@@ -47,7 +43,7 @@ PLAN = {
     "title": "Demo",
     "description": "A demonstration service",
     "extension": [
-        {"url": VAR, "valueExpression": {"name": "age", **fhirpath("%patient.birthDate.exists()")}}
+        {"url": VAR, "valueExpression": {"name": "age", **fp("%patient.birthDate.exists()")}}
     ],
     "action": [
         {
@@ -73,7 +69,7 @@ PLAN = {
                 {"url": OVERRIDE, "valueCoding": {"system": TOPICS, "code": "nodisplay"}},
             ],
             "trigger": [{"type": "named-event", "name": "patient-view"}],
-            "condition": [{"kind": "applicability", "expression": fhirpath("%age")}],
+            "condition": [{"kind": "applicability", "expression": fp("%age")}],
             "action": [
                 {
                     "id": "lab",
@@ -90,7 +86,7 @@ PLAN = {
                 {
                     "id": "never",
                     "title": "Not applicable",
-                    "condition": [{"kind": "applicability", "expression": fhirpath("false")}],
+                    "condition": [{"kind": "applicability", "expression": fp("false")}],
                 },
             ],
         },
@@ -99,7 +95,7 @@ PLAN = {
             "title": "Info only",
             "priority": "urgent",
             "condition": [
-                {"kind": "applicability", "expression": fhirpath("%patient.gender = 'female'")}
+                {"kind": "applicability", "expression": fp("%patient.gender = 'female'")}
             ],
         },
     ],

@@ -11,22 +11,8 @@ from typing import Any
 import httpx
 import pytest
 from fhir.resources.R4B.requestgroup import RequestGroup
+from support.knowledge import applies, fp, variable
 from test_service_calls import assert_no_empty_fields, assert_outcome
-
-VAR = "http://hl7.org/fhir/StructureDefinition/variable"
-
-
-def fp(expression: str) -> dict[str, str]:
-    return {"language": "text/fhirpath", "expression": expression}
-
-
-def variable(name: str, expression: str) -> dict[str, Any]:
-    return {"url": VAR, "valueExpression": {"name": name, **fp(expression)}}
-
-
-def applies(expression: str) -> list[dict[str, Any]]:
-    return [{"kind": "applicability", "expression": fp(expression)}]
-
 
 REPEAT_TEST = {
     "resourceType": "ActivityDefinition",
@@ -636,7 +622,8 @@ async def test_parameters_take_defaults_and_settings(make_client: Any, tmp_path:
 def test_parameter_settings_are_checked_at_load(
     tmp_path: Path, settings: dict[str, Any], expected: str
 ) -> None:
-    from service.engine.knowledge import KnowledgeError, load_knowledge
+    from service.engine.knowledge import load_knowledge
+    from service.engine.problems import KnowledgeError
 
     with pytest.raises(KnowledgeError) as caught:
         load_knowledge([parameter_knowledge(tmp_path)], settings)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from service.engine.catalogue import load_catalogue
-from service.engine.knowledge import KnowledgeError
+from service.engine.problems import KnowledgeError
 
 VAR = "http://hl7.org/fhir/StructureDefinition/variable"
 
@@ -47,6 +47,13 @@ def problems_for(tmp_path: Path, files: dict[str, Any]) -> list[str]:
     with pytest.raises(KnowledgeError) as caught:
         load_catalogue([tmp_path])
     return [str(p) for p in caught.value.problems]
+
+
+def assert_reported(tmp_path: Path, files: dict[str, Any], expected: list[str]) -> None:
+    """Loading these files fails, and each expected fragment is in some problem's text."""
+    problems = problems_for(tmp_path, files)
+    for fragment in expected:
+        assert any(fragment in problem for problem in problems), problems
 
 
 def with_condition(expression: str, **action: Any) -> dict[str, Any]:
@@ -180,9 +187,7 @@ def with_condition(expression: str, **action: Any) -> dict[str, Any]:
 def test_each_problem_names_file_element_and_reason(
     tmp_path: Path, files: dict[str, Any], expected: list[str]
 ) -> None:
-    problems = problems_for(tmp_path, files)
-    for fragment in expected:
-        assert any(fragment in problem for problem in problems), problems
+    assert_reported(tmp_path, files, expected)
 
 
 def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
@@ -301,9 +306,7 @@ def test_validate_command_fails_on_broken_knowledge(tmp_path: Path) -> None:
 def test_engine_function_and_retrieve_problems(
     tmp_path: Path, files: dict[str, Any], expected: list[str]
 ) -> None:
-    problems = problems_for(tmp_path, files)
-    for fragment in expected:
-        assert any(fragment in problem for problem in problems), problems
+    assert_reported(tmp_path, files, expected)
 
 
 def test_a_variable_may_not_shadow_another_name(tmp_path: Path) -> None:
@@ -397,9 +400,7 @@ def test_a_variable_may_not_shadow_another_name(tmp_path: Path) -> None:
 def test_authoring_mistakes_are_reported(
     tmp_path: Path, files: dict[str, Any], expected: list[str]
 ) -> None:
-    problems = problems_for(tmp_path, files)
-    for fragment in expected:
-        assert any(fragment in problem for problem in problems), problems
+    assert_reported(tmp_path, files, expected)
 
 
 def test_a_wrong_parameter_value_is_one_problem(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.engine.knowledge import Knowledge, KnowledgeError, Plan, Problem, load_knowledge
+from service.engine.knowledge import Knowledge, Plan, load_knowledge
+from service.engine.problems import KnowledgeError, Problem
 
 QUERY_PATTERN_EXTENSION = "http://hl7.org/fhir/StructureDefinition/cqf-fhirQueryPattern"
 # The only prefetch tokens CDS Hooks 2.0 defines.

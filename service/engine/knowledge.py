@@ -23,6 +23,7 @@ from service.engine.fhirpath import (
     compile_expression,
 )
 from service.engine.functions import check_expression, engine_functions
+from service.engine.problems import KnowledgeError, Problem
 from service.engine.retrieve import Retrieve
 from service.engine.terminology import Terminology
 from service.engine.units import UnitTable
@@ -64,22 +65,6 @@ ACTION_CODES = {
 }
 # Variables the engine puts in every evaluation's environment (see engine/apply.py).
 ENGINE_VARIABLES = frozenset({"patient", "context", "guideline", "hook", "missingData", "today"})
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: Path
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.path}: {self.reason}"
-
-
-class KnowledgeError(Exception):
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(str(p) for p in self.problems))
 
 
 @dataclass(frozen=True)
@@ -174,7 +159,7 @@ def load_knowledge(
     for canonical, reason in knowledge.terminology.problems():
         problems.append(Problem(knowledge.files.get(canonical, Path("-")), canonical, reason))
     knowledge.units = UnitTable.load([d for d in directories if d.is_dir()])
-    problems.extend(Problem(p.file, p.path, p.reason) for p in knowledge.units.problems)
+    problems.extend(knowledge.units.problems)
     knowledge.functions = engine_functions(knowledge.terminology, knowledge.units)
     for file, resource in documents:
         if resource.get("resourceType") == "PlanDefinition":

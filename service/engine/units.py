@@ -42,21 +42,13 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from service.engine.problems import Problem
+
 UCUM = "http://unitsofmeasure.org"
 UNIT_TABLE_SUFFIX = ".units.json"
 
 _DOCUMENT_KEYS = frozenset({"description", "source", "units", "conversions"})
 _ENTRY_KEYS = frozenset({"from", "to", "factor", "offset", "note"})
-
-
-@dataclass(frozen=True)
-class UnitProblem:
-    file: Path
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.path}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -76,14 +68,14 @@ class _Conversion:
 class UnitTable:
     _conversions: Mapping[tuple[str, str], _Conversion] = field(default_factory=dict)
     units: frozenset[str] = frozenset()
-    problems: tuple[UnitProblem, ...] = ()
+    problems: tuple[Problem, ...] = ()
 
     @classmethod
     def load(cls, directories: Iterable[Path]) -> UnitTable:
         """Every `*.units.json` below the directories (missing directories are the knowledge
         loader's to report). Problems are in `.problems`; the table holds the valid entries."""
         documents: list[tuple[Path, Any]] = []
-        problems: list[UnitProblem] = []
+        problems: list[Problem] = []
         for directory in directories:
             if not directory.is_dir():
                 continue
@@ -91,7 +83,7 @@ class UnitTable:
                 try:
                     documents.append((file, json.loads(file.read_text(encoding="utf-8"))))
                 except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-                    problems.append(UnitProblem(file, "-", f"not readable JSON: {error}"))
+                    problems.append(Problem(file, "-", f"not readable JSON: {error}"))
         table = cls.from_documents(documents)
         return cls(table._conversions, table.units, (*problems, *table.problems))
 
@@ -154,10 +146,10 @@ def _valid_unit(value: Any) -> bool:
 class _Builder:
     conversions: dict[tuple[str, str], _Conversion] = field(default_factory=dict)
     units: set[str] = field(default_factory=set)
-    problems: list[UnitProblem] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
 
     def problem(self, file: Path, path: str, reason: str) -> None:
-        self.problems.append(UnitProblem(file, path, reason))
+        self.problems.append(Problem(file, path, reason))
 
     def document(self, file: Path, document: Any) -> None:
         if not isinstance(document, dict):
