@@ -19,6 +19,7 @@ from service.cdshooks.routes import router as cds_router
 from service.engine.catalogue import load_catalogue
 from service.errors import install_error_handlers, outcome_response
 from service.feedback.store import FeedbackStore
+from service.fhir.fetch import FhirFetcher
 from service.fhirops.routes import router as fhirops_router
 from service.ops.metrics import Metrics
 from service.ops.middleware import CallObserver
@@ -52,7 +53,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "client authentication is OFF: any caller can use this service. "
                 "Set RPL_CDS_AUTH_ISSUERS to require signed JWTs from trusted EHRs."
             )
-        app.state.runtime = Runtime(settings, catalogue, store, http, metrics, authenticator)
+        fetcher = FhirFetcher(http, settings, metrics)
+        app.state.runtime = Runtime(
+            settings, catalogue, store, http, metrics, authenticator, fetcher
+        )
         log.info(
             "ready",
             extra={"services": sorted(catalogue.services), "guideline": settings.guideline},

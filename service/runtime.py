@@ -10,6 +10,7 @@ import httpx
 from fastapi import Request
 
 from service.engine.catalogue import Catalogue
+from service.fhir.fetch import FhirFetcher
 from service.ops.metrics import Metrics
 from service.settings import Settings
 
@@ -26,6 +27,7 @@ class Runtime:
     http: httpx.AsyncClient
     metrics: Metrics
     authenticator: Authenticator | None
+    fetcher: FhirFetcher
 
 
 def get_runtime(request: Request) -> Runtime:

@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=5_000_000, gt=0)
     fhir_time_budget_seconds: float = Field(default=3.0, gt=0, le=60)
+    # Guards on the EHR's FHIR server (no SSRF through the service, no unbounded work).
+    fhir_allow_http: bool = False
+    fhir_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    fhir_max_pages: int = Field(default=10, ge=1, le=1000)
+    fhir_max_resources: int = Field(default=5000, ge=1)
+    fhir_max_response_bytes: int = Field(default=20_000_000, ge=1000)
     return_trace: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -100,6 +106,7 @@ class Settings(BaseSettings):
         "auth_algorithms",
         "admin_issuers",
         "cors_origins",
+        "fhir_allowed_hosts",
         mode="before",
     )
     @classmethod

@@ -5,30 +5,16 @@ an OperationOutcome is an error for that key, and a missing key must be fetched 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
+from service.cdshooks.models import HookRequest
 from service.errors import ServiceError
-
-
-@dataclass
-class PatientRecord:
-    patient: dict[str, Any] | None = None
-    by_type: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    _seen: set[tuple[str, str]] = field(default_factory=set)
-
-    def add(self, resource: dict[str, Any]) -> None:
-        resource_type = resource.get("resourceType")
-        if not isinstance(resource_type, str) or resource_type == "OperationOutcome":
-            return
-        resource_id = resource.get("id")
-        if isinstance(resource_id, str):
-            if (resource_type, resource_id) in self._seen:
-                return  # the same resource delivered under two keys counts once
-            self._seen.add((resource_type, resource_id))
-        if resource_type == "Patient":
-            self.patient = resource
-        self.by_type.setdefault(resource_type, []).append(resource)
+from service.fhir.fetch import FhirFetcher, server_refusal
+from service.fhir.record import PatientRecord
+from service.fhir.templates import Unrenderable, render
+from service.settings import Settings
 
 
 @dataclass
@@ -85,11 +71,50 @@ def resolve_prefetch(
     return Resolution(record, failed, missing)
 
 
-def require_fetchable(resolution: Resolution, fhir_server: str | None) -> None:
-    """CDS Hooks 2.0: when required data is missing and cannot be fetched, answer 412."""
-    if resolution.missing and fhir_server is None:
-        raise ServiceError(
-            412,
-            "prefetch is missing keys and no fhirServer was given to fetch them: "
-            + ", ".join(resolution.missing),
-        )
+@dataclass
+class Assembled:
+    record: PatientRecord
+    missing_data: list[str]  # keys whose data is incomplete or absent, for %missingData
+
+
+async def assemble_record(
+    templates: Mapping[str, str],
+    call: HookRequest,
+    fetcher: FhirFetcher,
+    settings: Settings,
+    today: date,
+) -> Assembled:
+    """The patient record for a call: what was prefetched, plus what the service fetches itself
+    for the keys that are missing or came as errors."""
+    resolution = resolve_prefetch(templates, call.prefetch)
+    wanted = [*resolution.missing, *resolution.failed]
+    if not wanted:
+        return Assembled(resolution.record, [])
+    fhir_server = str(call.fhirServer) if call.fhirServer else None
+    refusal = server_refusal(fhir_server, settings) if fhir_server else "no fhirServer was given"
+    if refusal is not None:
+        if resolution.missing:
+            # CDS Hooks 2.0: required data that cannot be had at all is a 412.
+            raise ServiceError(
+                412,
+                f"prefetch is missing {', '.join(resolution.missing)} and the service cannot "
+                f"fetch it: {refusal}",
+            )
+        return Assembled(resolution.record, resolution.failed)
+    assert fhir_server is not None
+    queries = {}
+    for key in wanted:
+        try:
+            queries[key] = render(templates[key], call.context, today)
+        except Unrenderable:
+            continue  # e.g. an encounter query in a call without an encounter: no data
+    token = call.fhirAuthorization.access_token if call.fhirAuthorization else None
+    fetched = await fetcher.fetch_all(
+        fhir_server, token, queries, settings.fhir_time_budget_seconds
+    )
+    missing = []
+    for key, result in fetched.items():
+        resolution.record.add_all(result.resources)
+        if result.problem is not None:
+            missing.append(key)
+    return Assembled(resolution.record, missing)

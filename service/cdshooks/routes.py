@@ -20,7 +20,7 @@ from service.cdshooks.models import (
     HookContext,
     HookRequest,
 )
-from service.cdshooks.prefetch import require_fetchable, resolve_prefetch
+from service.cdshooks.prefetch import assemble_record
 from service.engine.apply import Subject, apply_plan
 from service.engine.catalogue import CdsService
 from service.errors import Issue, ServiceError, validation_issues
@@ -80,19 +80,21 @@ async def call_service(
     hook_instance = str(call.hookInstance)
     request.state.log["hookInstance"] = hook_instance
 
-    resolution = resolve_prefetch(service.prefetch, call.prefetch)
-    fhir_server = str(call.fhirServer) if call.fhirServer else None
-    require_fetchable(resolution, fhir_server)
-    # Fetching missing keys from fhirServer is not built yet: they are reported as missing data.
+    today = datetime.now(UTC).date()
+    assembled = await assemble_record(
+        service.prefetch, call, runtime.fetcher, runtime.settings, today
+    )
+    if assembled.missing_data:
+        request.state.log["missingData"] = assembled.missing_data
     subject = Subject(
         hook=service.hook,
         patient_id=context.patientId,
         context=call.context,
-        patient=resolution.record.patient,
-        resources_by_type=resolution.record.by_type,
+        patient=assembled.record.patient,
+        resources_by_type=assembled.record.by_type,
         guideline=runtime.settings.guideline,
-        today=datetime.now(UTC).date(),
-        missing_data=(*resolution.failed, *resolution.missing),
+        today=today,
+        missing_data=tuple(assembled.missing_data),
         encounter_id=context.encounterId,
     )
     result = apply_plan(service.plan, subject)

@@ -23,7 +23,6 @@ Semantics (documented for authors in docs/knowledge-authoring.md):
 
 from __future__ import annotations
 
-import calendar
 import copy
 import logging
 import re
@@ -33,6 +32,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from service.dates import add_months
 from service.engine.fhirpath import CompiledExpression
 from service.engine.knowledge import (
     ACTION_PATHS,
@@ -411,9 +411,5 @@ def _shift(when: str, amount: float, unit: str) -> str | None:
             return (moment + timedelta(days=days)).isoformat()
         return (moment + timedelta(days=round(days))).isoformat()
     if unit in ("mo", "a"):
-        months = round(amount) * (12 if unit == "a" else 1)
-        year, month = divmod(moment.month - 1 + months, 12)
-        year += moment.year
-        day = min(moment.day, calendar.monthrange(year, month + 1)[1])
-        return moment.replace(year=year, month=month + 1, day=day).isoformat()
+        return add_months(moment, round(amount) * (12 if unit == "a" else 1)).isoformat()
     return None

@@ -20,9 +20,9 @@ from pydantic import (
 
 from service.auth.dependency import authenticated
 from service.cdshooks.body import read_json
-from service.cdshooks.prefetch import PatientRecord
 from service.engine.apply import Subject, apply_plan
 from service.errors import ServiceError, validation_issues
+from service.fhir.record import PatientRecord
 from service.runtime import Runtime, get_runtime
 
 router = APIRouter(dependencies=[Depends(authenticated)])
