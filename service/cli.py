@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import sys
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 
 from service.engine.catalogue import load_catalogue
 from service.engine.problems import KnowledgeError
-from service.settings import Settings
+from service.settings import Settings, data_root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,7 +27,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=int(os.environ.get("RPL_CDS_WORKERS", "1")))
     validate = commands.add_parser("validate", help="check knowledge artifacts and report problems")
     validate.add_argument("dirs", nargs="*", type=Path, help="default: the configured directories")
+    load = commands.add_parser(
+        "load-scenarios", help="load the synthetic scenario patients into a FHIR R4 server"
+    )
+    load.add_argument("--fhir-server", required=True, help="the server's base URL")
+    load.add_argument("--token", help="bearer token for the server (if it needs one)")
+    load.add_argument("--scenarios", type=Path, help="a description file or directory")
     args = parser.parse_args(argv)
+    if args.command == "load-scenarios":
+        scenarios = args.scenarios or data_root() / "scenarios"
+        return asyncio.run(_load_scenarios(args.fhir_server, args.token, scenarios))
     try:
         settings = Settings()
     except ValidationError as error:
@@ -35,6 +45,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "validate":
         return _validate(args.dirs or settings.all_knowledge_dirs, settings.parameters)
     return _serve(settings, args.host, args.port, args.workers)
+
+
+async def _load_scenarios(fhir_server: str, token: str | None, path: Path) -> int:
+    """One transaction of PUTs, so loading twice leaves one copy of each patient."""
+    import httpx
+
+    from service.fhir.load import FhirLoadError, load_bundle, to_transaction
+    from service.synthetic import load_scenarios
+
+    specs = load_scenarios(path)
+    bundle = to_transaction([r for spec in specs for r in spec.resources()])
+    async with httpx.AsyncClient(timeout=60) as http:
+        try:
+            await load_bundle(fhir_server, bundle, token, http)
+        except FhirLoadError as error:
+            print(f"rpl-cds: loading failed: {error}", file=sys.stderr)
+            return 1
+    for spec in specs:
+        print(f"{spec.id}: {spec.description}")
+    print(f"{len(specs)} scenario patients loaded into {fhir_server}")
+    return 0
 
 
 def _validate(dirs: Sequence[Path], parameters: Mapping[str, Any]) -> int:
