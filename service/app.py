@@ -33,6 +33,9 @@ log = logging.getLogger("rpl_cds")
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
+    # httpx logs every request URL at INFO, and a FHIR query URL carries the patient id.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

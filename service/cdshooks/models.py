@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
+    AfterValidator,
     AnyHttpUrl,
     AwareDatetime,
     BaseModel,
@@ -24,7 +25,19 @@ UserReference = Annotated[
     str,
     StringConstraints(pattern=r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[^/\s]+$"),
 ]
-FhirId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
+
+
+def _not_dot_segment(value: str) -> str:
+    # `.` and `..` match FHIR's id pattern but are path segments in a query URL
+    # (`Patient/.` reads as a search of every patient).
+    if value.strip(".") == "":
+        raise ValueError("an id cannot be only dots")
+    return value
+
+
+FhirId = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$"), AfterValidator(_not_dot_segment)
+]
 
 
 class FhirAuthorization(BaseModel):

@@ -205,9 +205,13 @@ class FhirFetcher:
 
 
 def _same_server(url: str, base: str) -> bool:
+    """Same scheme, host and port, and a path at or under the base (HAPI FHIR's paging links are
+    the base itself with a query: `{base}?_getpages=...`)."""
     target, origin = urlsplit(url), urlsplit(base)
-    return (target.scheme, target.hostname, target.port) == (
+    root = origin.path.rstrip("/")
+    same_origin = (target.scheme, target.hostname, target.port) == (
         origin.scheme,
         origin.hostname,
         origin.port,
-    ) and target.path.startswith(origin.path)
+    )
+    return same_origin and (target.path == root or target.path.startswith(root + "/"))

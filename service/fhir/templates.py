@@ -40,13 +40,14 @@ def render(template: str, context: Mapping[str, Any], today: date) -> str:
 def _token_value(token: str, context: Mapping[str, Any], today: date) -> str:
     if token.startswith("context."):
         field = context.get(token.removeprefix("context."))
-        if not isinstance(field, str) or not field:
-            raise Unrenderable(f"the call has no {token}")
+        if not isinstance(field, str) or field.strip(".") == "":
+            # `.` and `..` would be dot segments: `Patient/.` reads as a search of everyone.
+            raise Unrenderable(f"the call has no usable {token}")
         return field
     if token in _USER_TOKENS:
         user = str(context.get("userId", ""))
         kind, _, user_id = user.partition("/")
-        if kind != _USER_TOKENS[token] or not user_id:
+        if kind != _USER_TOKENS[token] or user_id.strip(".") == "":
             raise Unrenderable(f"the user is not a {_USER_TOKENS[token]}")
         return user_id
     match = _TODAY.match(token)

@@ -39,6 +39,9 @@ def logging_config(level: str) -> dict[str, Any]:
             "uvicorn.error": {"handlers": ["stdout"], "level": level, "propagate": False},
             # Our call line replaces uvicorn's access line, which lacks the hook fields.
             "uvicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
+            # Their INFO lines hold request URLs, and a FHIR query URL holds the patient id.
+            "httpx": {"level": "WARNING"},
+            "httpcore": {"level": "WARNING"},
         },
     }
 
