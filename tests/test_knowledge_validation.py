@@ -468,3 +468,20 @@ def test_a_relative_date_filter_is_refused_with_the_reason(tmp_path: Path) -> No
     )
     problems = problems_for(tmp_path, {"p.json": relative})
     assert any("needs CDS Hooks 3.0 date tokens" in p for p in problems), problems
+
+
+def test_a_dynamic_value_path_must_be_names_and_indexes(tmp_path: Path) -> None:
+    bad = with_condition(
+        "true",
+        dynamicValue=[
+            {
+                "path": "note.where(x)",
+                "expression": {"language": "text/fhirpath", "expression": "1"},
+            }
+        ],
+    )
+    assert_reported(
+        tmp_path,
+        {"p.json": bad},
+        ["dynamicValue[0].path: a path is element names and [n] indexes only"],
+    )

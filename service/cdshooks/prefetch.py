@@ -92,7 +92,7 @@ async def assemble_record(
         return Assembled(resolution.record, [])
     fhir_server = str(call.fhirServer) if call.fhirServer else None
     refusal = server_refusal(fhir_server, settings) if fhir_server else "no fhirServer was given"
-    if refusal is not None:
+    if fhir_server is None or refusal is not None:
         if resolution.missing:
             # CDS Hooks 2.0: required data that cannot be had at all is a 412.
             raise ServiceError(
@@ -101,7 +101,6 @@ async def assemble_record(
                 f"fetch it: {refusal}",
             )
         return Assembled(resolution.record, resolution.failed)
-    assert fhir_server is not None
     queries = {}
     for key in wanted:
         try:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -37,6 +36,7 @@ from service.engine.fhirpath import CompiledExpression
 from service.engine.knowledge import (
     ACTION_PATHS,
     APPLICABILITY_BEHAVIOR,
+    PATH_STEP,
     VARIABLE_EXTENSION,
     Action,
     Activity,
@@ -74,7 +74,6 @@ _TIMING_TO_OCCURRENCE = {
 }
 _BEFORE = frozenset({"before-start", "before", "before-end"})
 _AFTER = frozenset({"after-start", "after", "after-end"})
-_PATH_STEP = re.compile(r"^([A-Za-z][A-Za-z0-9]*)(?:\[(\d+)\])?$")
 
 
 @dataclass(frozen=True)
@@ -376,13 +375,12 @@ def _reference(item: Any) -> str | None:
 def _set_path(target: dict[str, Any], path: str, value: Any) -> None:
     """Set `a.b[0].c` on a resource, creating what is missing (dynamicValue.path is a simple
     FHIRPath: names and indexes only)."""
-    steps = [_PATH_STEP.match(step) for step in path.split(".")]
-    if not all(steps):
+    matches = [PATH_STEP.match(step) for step in path.split(".")]
+    steps = [(m.group(1), m.group(2)) for m in matches if m is not None]
+    if len(steps) != len(matches):
         raise ValueError(f"unsupported dynamicValue path '{path}'")
     node: Any = target
-    for position, match in enumerate(steps):
-        assert match is not None
-        name, index = match.group(1), match.group(2)
+    for position, (name, index) in enumerate(steps):
         last = position == len(steps) - 1
         if index is None:
             if last:

@@ -43,6 +43,8 @@ PARAMETER_TYPES: Mapping[str, tuple[type, ...]] = {
     "dateTime": (str,),
 }
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# One step of a dynamicValue path: an element name, optionally indexed (`note[0]`).
+PATH_STEP = re.compile(r"^([A-Za-z][A-Za-z0-9]*)(?:\[(\d+)\])?$")
 KNOWLEDGE_TYPES = frozenset(
     {"PlanDefinition", "ActivityDefinition", "Library", "ValueSet", "CodeSystem", "ConceptMap"}
 )
@@ -507,6 +509,9 @@ class _PlanCompiler:
             where = f"{path}.dynamicValue[{index}]"
             if not dynamic.get("path"):
                 self._problem(f"{where}.path", "a dynamicValue needs a path")
+                continue
+            if not all(PATH_STEP.match(step) for step in dynamic["path"].split(".")):
+                self._problem(f"{where}.path", "a path is element names and [n] indexes only")
                 continue
             compiled = self._expression(dynamic.get("expression", {}), f"{where}.expression", scope)
             if compiled is not None:
