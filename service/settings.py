@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     fhir_max_resources: int = Field(default=5000, ge=1)
     fhir_max_response_bytes: int = Field(default=20_000_000, ge=1000)
     return_trace: bool = False
+    # A Server-Timing header on hook responses (auth, prefetch, record, apply, encode), for the
+    # benchmark and for operators; off by default (it tells callers about the internals).
+    server_timing: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator(

@@ -97,3 +97,37 @@ async def test_cors_allows_configured_origins_only(make_client: Any) -> None:
     assert preflight.headers["access-control-allow-origin"] == "https://sandbox.example"
     assert allowed.headers["access-control-allow-origin"] == "https://ehr.example"
     assert "access-control-allow-origin" not in other.headers
+
+
+def timing_phases(response: httpx.Response) -> dict[str, float]:
+    phases = {}
+    for item in response.headers["server-timing"].split(","):
+        name, _, duration = item.strip().partition(";dur=")
+        phases[name] = float(duration)
+    return phases
+
+
+async def test_server_timing_only_when_enabled(client: httpx.AsyncClient, make_client: Any) -> None:
+    request = workup_request(two_losses())
+    assert "server-timing" not in (await client.post(WORKUP, json=request)).headers
+    async with make_client(server_timing=True) as timed:
+        response = await timed.post(WORKUP, json=request)
+    phases = timing_phases(response)
+    # Full prefetch: nothing to fetch, so no prefetch phase; each phase took some time.
+    assert set(phases) == {"record", "apply", "encode"}
+    assert all(duration >= 0 for duration in phases.values())
+
+
+async def test_server_timing_names_fetching_and_auth(make_client: Any, tmp_path: Any) -> None:
+    from support.jwt_tokens import bearer, mint, new_es384_key, write_jwks
+
+    key = new_es384_key("k1")
+    issuers = {"https://ehr.example": {"jwks_file": str(write_jwks(tmp_path / "k.jwks", key))}}
+    request = workup_request(two_losses())
+    del request["prefetch"]["miscarriages"]
+    request["fhirServer"] = "http://127.0.0.1:9/fhir"  # nothing listens: fetched, and fails
+    async with make_client(server_timing=True, auth_issuers=issuers, fhir_allow_http=True) as timed:
+        token = mint(key, iss="https://ehr.example", aud=f"http://cds.test{WORKUP}")
+        response = await timed.post(WORKUP, json=request, headers={"authorization": bearer(token)})
+    assert response.status_code == 200
+    assert set(timing_phases(response)) == {"auth", "record", "prefetch", "apply", "encode"}

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from service.auth.authenticator import ClientIdentity
 from service.errors import ServiceError
+from service.ops.timing import timer_of
 from service.runtime import Runtime, get_runtime
 
 
@@ -25,9 +26,10 @@ async def authenticated(
 ) -> ClientIdentity | None:
     if runtime.authenticator is None:
         return None
-    return await runtime.authenticator.authenticate(
-        request.headers.get("authorization"), audience_for(request, runtime)
-    )
+    with timer_of(request).phase("auth"):
+        return await runtime.authenticator.authenticate(
+            request.headers.get("authorization"), audience_for(request, runtime)
+        )
 
 
 async def authenticated_admin(

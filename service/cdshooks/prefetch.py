@@ -14,6 +14,7 @@ from service.errors import ServiceError
 from service.fhir.fetch import FhirFetcher, server_refusal
 from service.fhir.record import PatientRecord
 from service.fhir.templates import Unrenderable, render
+from service.ops.timing import PhaseTimer
 from service.settings import Settings
 
 
@@ -83,10 +84,12 @@ async def assemble_record(
     fetcher: FhirFetcher,
     settings: Settings,
     today: date,
+    timer: PhaseTimer,
 ) -> Assembled:
     """The patient record for a call: what was prefetched, plus what the service fetches itself
     for the keys that are missing or came as errors."""
-    resolution = resolve_prefetch(templates, call.prefetch)
+    with timer.phase("record"):
+        resolution = resolve_prefetch(templates, call.prefetch)
     wanted = [*resolution.missing, *resolution.failed]
     if not wanted:
         return Assembled(resolution.record, [])
@@ -108,12 +111,14 @@ async def assemble_record(
         except Unrenderable:
             continue  # e.g. an encounter query in a call without an encounter: no data
     token = call.fhirAuthorization.access_token if call.fhirAuthorization else None
-    fetched = await fetcher.fetch_all(
-        fhir_server, token, queries, settings.fhir_time_budget_seconds
-    )
+    with timer.phase("prefetch"):
+        fetched = await fetcher.fetch_all(
+            fhir_server, token, queries, settings.fhir_time_budget_seconds
+        )
     missing = []
-    for key, result in fetched.items():
-        resolution.record.add_all(result.resources)
-        if result.problem is not None:
-            missing.append(key)
+    with timer.phase("record"):
+        for key, result in fetched.items():
+            resolution.record.add_all(result.resources)
+            if result.problem is not None:
+                missing.append(key)
     return Assembled(resolution.record, missing)

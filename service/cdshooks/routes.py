@@ -25,6 +25,7 @@ from service.engine.apply import Subject, apply_plan
 from service.engine.catalogue import CdsService
 from service.errors import Issue, ServiceError, validation_issues
 from service.feedback.records import FeedbackEntry, IssuedCard, TopicSummary
+from service.ops.timing import timer_of
 from service.runtime import Runtime, get_runtime
 
 router = APIRouter(dependencies=[Depends(authenticated)])
@@ -81,8 +82,9 @@ async def call_service(
     request.state.log["hookInstance"] = hook_instance
 
     today = datetime.now(UTC).date()
+    timer = timer_of(request)
     assembled = await assemble_record(
-        service.prefetch, call, runtime.fetcher, runtime.settings, today
+        service.prefetch, call, runtime.fetcher, runtime.settings, today, timer
     )
     if assembled.missing_data:
         request.state.log["missingData"] = assembled.missing_data
@@ -97,24 +99,30 @@ async def call_service(
         missing_data=tuple(assembled.missing_data),
         encounter_id=context.encounterId,
     )
-    result = apply_plan(service.plan, subject)
-    cards = encode_cards(
-        result.request_group,
-        hook_instance=hook_instance,
-        service_id=service.id,
-        default_source=service.title or service.id,
-    )
+    with timer.phase("apply"):
+        result = apply_plan(service.plan, subject)
+    with timer.phase("encode"):
+        cards = encode_cards(
+            result.request_group,
+            hook_instance=hook_instance,
+            service_id=service.id,
+            default_source=service.title or service.id,
+        )
+        body: dict[str, Any] = {"cards": cards}
+        if runtime.settings.return_trace:
+            trace = [entry.__dict__ for entry in result.trace]
+            body["extension"] = {"org.rpl-cds.trace": trace}
+        response = _json(body)
     request.state.log["cards"] = len(cards)
-    body: dict[str, Any] = {"cards": cards}
-    if runtime.settings.return_trace:
-        body["extension"] = {"org.rpl-cds.trace": [entry.__dict__ for entry in result.trace]}
     issued = [_issued(card, service.id, hook_instance) for card in cards]
     for card in issued:
         runtime.metrics.cards.labels(service.id, card.topic_code).inc()
     if issued:
         # After the response is sent: the clinician does not wait for the bookkeeping.
         background.add_task(runtime.store.record_issued, issued)
-    return _json(body)
+    if runtime.settings.server_timing:
+        response.headers["Server-Timing"] = timer.header()
+    return response
 
 
 def _issued(card: dict[str, Any], service_id: str, hook_instance: str) -> IssuedCard:
