@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.engine.knowledge import Knowledge, Plan, load_knowledge
+from service.engine.knowledge import (
+    CodeFilterError,
+    Knowledge,
+    Plan,
+    filter_codes,
+    load_knowledge,
+)
 from service.engine.problems import KnowledgeError, Problem
 
 QUERY_PATTERN_EXTENSION = "http://hl7.org/fhir/StructureDefinition/cqf-fhirQueryPattern"
@@ -154,20 +160,12 @@ class _PrefetchBuilder:
             if not search_param:
                 self.problem(where, "needs searchParam or path")
                 return None
-            listed = code_filter.get("code", [])
-            if any(not (c.get("system") and c.get("code")) for c in listed):
-                self.problem(where, "every code needs a system and a code")
+            try:
+                codes = filter_codes(code_filter, self.knowledge.terminology)
+            except CodeFilterError as error:
+                self.problem(f"{where}.{error.element}", error.reason)
                 return None
-            codes = [f"{c['system']}|{c['code']}" for c in listed]
-            if code_filter.get("valueSet"):
-                url = code_filter["valueSet"]
-                if not self.knowledge.terminology.knows(url):
-                    self.problem(where, f"ValueSet {url} cannot be expanded")
-                    return None
-                # With the local codes that translate into it, so locally coded data is fetched.
-                closure = self.knowledge.terminology.closure(url)
-                codes.extend(f"{system}|{code}" for system, code in sorted(closure))
-            params.append(f"{search_param}={','.join(dict.fromkeys(codes))}")
+            params.append(f"{search_param}={','.join(f'{s}|{c}' for s, c in codes)}")
         for index, date_filter in enumerate(requirement.get("dateFilter", [])):
             dates = self._date_params(date_filter, f"{path}.dateFilter[{index}]")
             if dates is None:

@@ -187,6 +187,31 @@ def load_knowledge(
     return knowledge
 
 
+class CodeFilterError(ValueError):
+    def __init__(self, element: str, reason: str) -> None:
+        super().__init__(reason)
+        self.element = element
+        self.reason = reason
+
+
+def filter_codes(
+    code_filter: Mapping[str, Any], terminology: Terminology
+) -> tuple[tuple[str, str], ...]:
+    """The codes a DataRequirement.codeFilter matches: its listed codes, then its ValueSet's
+    closure (with the local codes that ConceptMaps translate into it), sorted; no repeats. Used
+    for both the prefetch query and the retrieve, so the two always agree."""
+    listed = code_filter.get("code", [])
+    if any(not (c.get("system") and c.get("code")) for c in listed):
+        raise CodeFilterError("code", "every code needs a system and a code")
+    codes = [(str(c["system"]), str(c["code"])) for c in listed]
+    url = code_filter.get("valueSet")
+    if url:
+        if not terminology.knows(url):
+            raise CodeFilterError("valueSet", f"ValueSet {url} cannot be expanded")
+        codes.extend(sorted(terminology.closure(url)))
+    return tuple(dict.fromkeys(codes))
+
+
 def _declared_parameters(knowledge: Knowledge) -> set[str]:
     """Every `in` parameter of a loaded Library, valid or not (an invalid one is reported
     already; it must not also read as undeclared)."""
@@ -419,18 +444,11 @@ class _PlanCompiler:
     def _filter_codes(
         self, code_filter: dict[str, Any], path: str
     ) -> frozenset[tuple[str, str]] | None:
-        listed = code_filter.get("code", [])
-        if any(not (c.get("system") and c.get("code")) for c in listed):
-            self._problem(f"{path}.code", "every code needs a system and a code")
+        try:
+            return frozenset(filter_codes(code_filter, self.knowledge.terminology))
+        except CodeFilterError as error:
+            self._problem(f"{path}.{error.element}", error.reason)
             return None
-        codes = {(c["system"], c["code"]) for c in listed}
-        url = code_filter.get("valueSet")
-        if url:
-            if not self.knowledge.terminology.knows(url):
-                self._problem(f"{path}.valueSet", f"ValueSet {url} cannot be expanded")
-                return None
-            codes |= self.knowledge.terminology.closure(url)
-        return frozenset(codes)
 
     def _problem(self, path: str, reason: str) -> None:
         self.problems.append(Problem(self.file, path, reason))
