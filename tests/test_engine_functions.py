@@ -615,10 +615,11 @@ def test_invalid_entries_are_left_out_and_valid_ones_kept() -> None:
     assert len(table.problems) == 1
 
 
-def test_duplicates_are_found_across_files() -> None:
+def test_conflicting_duplicates_are_found_across_files() -> None:
     entry = {"conversions": [{"from": "a", "to": "b", "factor": 2}]}
+    other = {"conversions": [{"from": "a", "to": "b", "factor": 3}]}
     table = UnitTable.from_documents(
-        [(Path("one.units.json"), entry), (Path("two.units.json"), entry)]
+        [(Path("one.units.json"), entry), (Path("two.units.json"), other)]
     )
     assert [(p.file.name, p.path) for p in table.problems] == [("two.units.json", "conversions[0]")]
     assert "one.units.json conversions[0]" in table.problems[0].reason

@@ -19,6 +19,9 @@ from service.engine.knowledge import (
 from service.engine.problems import KnowledgeError, Problem
 
 QUERY_PATTERN_EXTENSION = "http://hl7.org/fhir/StructureDefinition/cqf-fhirQueryPattern"
+# A retrieve whose data arrive through another requirement's broader query: it is bound as
+# `%<id>` but is no prefetch key, so a plan can read many narrow code groups from a few queries.
+RETRIEVE_ONLY_EXTENSION = "https://fhir.rpl-cds.org/StructureDefinition/retrieve-only"
 # The only prefetch tokens CDS Hooks 2.0 defines.
 ALLOWED_TOKENS = frozenset(
     {
@@ -32,6 +35,16 @@ ALLOWED_TOKENS = frozenset(
     }
 )
 _TOKEN = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
+
+
+def _has_query_pattern(requirement: Mapping[str, Any]) -> bool:
+    """An explicit query pattern may fetch anything: it cannot prove coverage."""
+    return any(e.get("url") == QUERY_PATTERN_EXTENSION for e in requirement.get("extension", []))
+
+
+def _code_path(requirement: Mapping[str, Any]) -> str | None:
+    filters = requirement.get("codeFilter", [])
+    return str(filters[0].get("path") or "code") if filters else None
 
 
 @dataclass(frozen=True)
@@ -109,7 +122,11 @@ def _services_of(plan: Plan, knowledge: Knowledge, problems: list[Problem]) -> l
 def _prefetch(plan: Plan, knowledge: Knowledge, problems: list[Problem]) -> dict[str, str]:
     builder = _PrefetchBuilder(knowledge, plan.file, problems)
     templates: dict[str, str] = {}
+    fetched = [(p, r) for p, r in plan.data_requirements if not _retrieve_only(r)]
     for path, requirement in plan.data_requirements:
+        if _retrieve_only(requirement):
+            builder.check_covered(requirement, path, fetched)
+            continue
         key = requirement.get("id") or requirement.get("type", "data")
         template = builder.template(requirement, path)
         if template is None:
@@ -121,6 +138,13 @@ def _prefetch(plan: Plan, knowledge: Knowledge, problems: list[Problem]) -> dict
     return templates
 
 
+def _retrieve_only(requirement: Mapping[str, Any]) -> bool:
+    return any(
+        extension.get("url") == RETRIEVE_ONLY_EXTENSION and extension.get("valueBoolean") is True
+        for extension in requirement.get("extension", [])
+    )
+
+
 @dataclass
 class _PrefetchBuilder:
     knowledge: Knowledge
@@ -129,6 +153,41 @@ class _PrefetchBuilder:
 
     def problem(self, path: str, reason: str) -> None:
         self.problems.append(Problem(self.file, path, reason))
+
+    def check_covered(
+        self,
+        requirement: Mapping[str, Any],
+        path: str,
+        fetched: list[tuple[str, dict[str, Any]]],
+    ) -> None:
+        """A retrieve-only requirement must be inside one prefetch query of its plan (same type,
+        same code element, a superset of its codes); otherwise its data would never arrive."""
+        wanted = self._codes(requirement)
+        if wanted is None:
+            return  # its code filter is reported by the knowledge check already
+        for _, other in fetched:
+            if other.get("type") != requirement.get("type") or _has_query_pattern(other):
+                continue
+            if _code_path(other) not in (None, _code_path(requirement)):
+                continue
+            covering = self._codes(other)
+            if covering is not None and (not covering or wanted <= covering):
+                return
+        self.problem(
+            path,
+            "retrieve-only requirement: no prefetch requirement of this PlanDefinition (same "
+            "type and code path, a code filter holding all its codes) fetches its data",
+        )
+
+    def _codes(self, requirement: Mapping[str, Any]) -> frozenset[tuple[str, str]] | None:
+        """Its code filter's codes; empty for no filter (everything); None when unusable."""
+        filters = requirement.get("codeFilter", [])
+        if not filters:
+            return frozenset()
+        try:
+            return frozenset(filter_codes(filters[0], self.knowledge.terminology))
+        except CodeFilterError:
+            return None
 
     def template(self, requirement: dict[str, Any], path: str) -> str | None:
         """The explicit `cqf-fhirQueryPattern`, else a query built from the requirement."""

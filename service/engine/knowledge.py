@@ -212,6 +212,20 @@ def filter_codes(
     return tuple(dict.fromkeys(codes))
 
 
+def default_value(definition: Mapping[str, Any]) -> Any:
+    """A Library parameter's default: the value of its cqf-defaultValue extension, else None."""
+    return next(
+        (
+            value
+            for extension in definition.get("extension", [])
+            if extension.get("url") == DEFAULT_VALUE_EXTENSION
+            for key, value in extension.items()
+            if key.startswith("value")
+        ),
+        None,
+    )
+
+
 def _declared_parameters(knowledge: Knowledge) -> set[str]:
     """Every `in` parameter of a loaded Library, valid or not (an invalid one is reported
     already; it must not also read as undeclared)."""
@@ -376,16 +390,7 @@ class _PlanCompiler:
                 where, f"needs a name usable as %name and a type in {sorted(PARAMETER_TYPES)}"
             )
             return None
-        default = next(
-            (
-                value
-                for extension in definition.get("extension", [])
-                if extension.get("url") == DEFAULT_VALUE_EXTENSION
-                for key, value in extension.items()
-                if key.startswith("value")
-            ),
-            None,
-        )
+        default = default_value(definition)
         value = self.settings.get(name, default)
         if value is None:
             self._problem(where, f"'{name}' has no default and RPL_CDS_PARAMETERS does not set it")

@@ -35,6 +35,12 @@ kind of it, so everything true of the target concept holds for the source:
   not: a patient coded with a broader or merely related local code has not been shown to have
   the target concept.
 
+Text patterns: some orders carry no code at all (lymphocyte immunotherapy, bed rest advice), and
+an EHR may code a drug with a product code the ValueSet does not list. A ValueSet may therefore
+carry extensions `TEXT_PATTERN_EXTENSION` (`valueString`, a Python regular expression, matched
+case-insensitively anywhere in the text): a CodeableConcept whose `text`, or a Coding whose
+`display`, matches one is a member too. A ValueSet of patterns alone (no `compose`) is allowed.
+
 Translation is one step (local → standard), not chained. A translating target with `dependsOn` or
 `product` is conditional on other data the engine does not evaluate: it is reported as a problem
 instead of being applied unconditionally. `group.unmapped` is ignored (the source code is always
@@ -43,6 +49,7 @@ tested as itself anyway).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -52,6 +59,7 @@ if TYPE_CHECKING:
 
 Code = tuple[str, str]  # (system, code)
 
+TEXT_PATTERN_EXTENSION = "https://fhir.rpl-cds.org/StructureDefinition/valueset-text-pattern"
 TRANSLATING_EQUIVALENCES = frozenset({"equal", "equivalent", "wider", "subsumes"})
 TRANSLATING_RELATIONSHIPS = frozenset({"equivalent", "source-is-narrower-than-target"})
 
@@ -68,6 +76,8 @@ class Terminology:
     _single_system_codes: Mapping[str, frozenset[str]]
     _translations: Mapping[Code, tuple[Code, ...]]
     _problems: tuple[tuple[str, str], ...] = field(default=())
+    # canonical -> compiled text patterns (extension TEXT_PATTERN_EXTENSION).
+    _patterns: Mapping[str, tuple[re.Pattern[str], ...]] = field(default_factory=dict)
 
     @classmethod
     def from_knowledge(cls, knowledge: Knowledge) -> Terminology:
@@ -111,6 +121,14 @@ class Terminology:
             raise LookupError(f"ValueSet {url} is not loaded or cannot be expanded")
         return closure
 
+    def has_text_patterns(self, url: str) -> bool:
+        return bool(self._patterns.get(url))
+
+    def text_matches(self, url: str, texts: Iterable[str]) -> bool:
+        """Whether any text matches one of the ValueSet's text patterns."""
+        patterns = self._patterns.get(url, ())
+        return any(pattern.search(text) for text in texts for pattern in patterns)
+
     def single_system_codes(self, url: str) -> frozenset[str] | None:
         """The ValueSet's code strings when its members come from exactly one system, else None
         (FHIRPath `memberOf` on a bare code is only defined for such value sets)."""
@@ -149,9 +167,11 @@ class _Builder:
         members: dict[str, frozenset[Code] | None] = {}
         closure: dict[str, frozenset[Code]] = {}
         single: dict[str, frozenset[str]] = {}
+        patterns: dict[str, tuple[re.Pattern[str], ...]] = {}
         for key, resource in self.by_canonical.items():
             if resource.get("resourceType") != "ValueSet":
                 continue
+            patterns[key] = self._text_patterns(resource)
             expansion = self._expand(resource)
             if isinstance(expansion, _Unexpandable):
                 members[key] = None
@@ -168,7 +188,23 @@ class _Builder:
                 failure = self.done.get(id(resource))
                 if isinstance(failure, _Unexpandable):
                     self.problems.append((_canonical(resource), str(failure)))
-        return Terminology(members, closure, single, translations, tuple(self.problems))
+        return Terminology(members, closure, single, translations, tuple(self.problems), patterns)
+
+    def _text_patterns(self, resource: Mapping[str, Any]) -> tuple[re.Pattern[str], ...]:
+        compiled = []
+        for extension in resource.get("extension", []):
+            if extension.get("url") != TEXT_PATTERN_EXTENSION:
+                continue
+            pattern = extension.get("valueString")
+            try:
+                compiled.append(re.compile(str(pattern), re.IGNORECASE))
+            except re.error as error:
+                reason = f"text pattern {pattern!r} is not a regular expression: {error}"
+                if (_canonical(resource), reason) not in self.problems:
+                    self.problems.append((_canonical(resource), reason))
+            if not isinstance(pattern, str) or not pattern:
+                self.problems.append((_canonical(resource), "a text pattern needs a valueString"))
+        return tuple(compiled)
 
     # ValueSets
 
@@ -193,6 +229,10 @@ class _Builder:
         if isinstance(expansion, Mapping) and "contains" in expansion:
             return _from_expansion(expansion)
         compose = resource.get("compose")
+        if compose is None and any(
+            e.get("url") == TEXT_PATTERN_EXTENSION for e in resource.get("extension", [])
+        ):
+            return frozenset()  # a ValueSet of text patterns only
         if not isinstance(compose, Mapping) or not compose.get("include"):
             raise _Unexpandable("has neither expansion.contains nor compose.include")
         included: set[Code] = set()

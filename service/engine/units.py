@@ -208,6 +208,14 @@ class _Builder:
             self.problem(file, path, "converting a unit to itself is implicit")
             return
         origin = f"{file} {path}"
+        known = self.conversions.get((source, target))
+        if (
+            known
+            and not known.inverse
+            and (known.factor, known.offset) == (factor, offset)
+            and not known.origin.startswith(f"{file} ")
+        ):
+            return  # another knowledge set states the same conversion: they agree
         for pair in ((source, target), (target, source)):
             if pair in self.conversions:
                 self.problem(
