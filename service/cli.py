@@ -1,13 +1,16 @@
-"""`rpl-cds`: serve the CDS Hooks service, or validate knowledge directories."""
+"""`rpl-cds`: serve the CDS Hooks service, validate knowledge directories, or render them for
+clinical review."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import os
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ from pydantic import ValidationError
 
 from service.engine.catalogue import load_catalogue
 from service.engine.problems import KnowledgeError
-from service.settings import Settings, data_root
+from service.settings import Settings, bundled_knowledge_dirs, data_root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,10 +36,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     load.add_argument("--fhir-server", required=True, help="the server's base URL")
     load.add_argument("--token", help="bearer token for the server (if it needs one)")
     load.add_argument("--scenarios", type=Path, help="a description file or directory")
+    load.add_argument(
+        "--today",
+        type=date.fromisoformat,
+        help="the date relative dates (today-30d) count from, YYYY-MM-DD (default: today)",
+    )
+    render = commands.add_parser(
+        "render-clinical-logic",
+        help="write the clinical logic as Markdown for review (docs/clinical-logic.md)",
+    )
+    render.add_argument("--output", type=Path, help="default: docs/clinical-logic.md")
+    render.add_argument(
+        "--check", action="store_true", help="exit 1 if the file differs from a fresh render"
+    )
+    render.add_argument("dirs", nargs="*", type=Path, help="default: the bundled knowledge")
     args = parser.parse_args(argv)
+    if args.command == "render-clinical-logic":
+        return _render_clinical_logic(args.dirs, args.output, check=args.check)
     if args.command == "load-scenarios":
         scenarios = args.scenarios or data_root() / "scenarios"
-        return asyncio.run(_load_scenarios(args.fhir_server, args.token, scenarios))
+        today = args.today or date.today()
+        return asyncio.run(_load_scenarios(args.fhir_server, args.token, scenarios, today))
     try:
         settings = Settings()
     except ValidationError as error:
@@ -47,15 +67,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve(settings, args.host, args.port, args.workers)
 
 
-async def _load_scenarios(fhir_server: str, token: str | None, path: Path) -> int:
-    """One transaction of PUTs, so loading twice leaves one copy of each patient."""
+async def _load_scenarios(fhir_server: str, token: str | None, path: Path, today: date) -> int:
+    """One transaction of PUTs, so loading twice leaves one copy of each patient. Relative dates
+    are resolved against `today` now: the records are as of the day they are loaded."""
     import httpx
 
     from service.fhir.load import FhirLoadError, load_bundle, to_transaction
-    from service.synthetic import load_scenarios
+    from service.synthetic import ScenarioError, load_scenarios
 
-    specs = load_scenarios(path)
-    bundle = to_transaction([r for spec in specs for r in spec.resources()])
+    try:
+        specs = load_scenarios(path)
+    except ScenarioError as error:
+        print(f"rpl-cds: invalid scenarios: {error}", file=sys.stderr)
+        return 1
+    bundle = to_transaction([r for spec in specs for r in spec.resources(today)])
     async with httpx.AsyncClient(timeout=60) as http:
         try:
             await load_bundle(fhir_server, bundle, token, http)
@@ -80,6 +105,52 @@ def _validate(dirs: Sequence[Path], parameters: Mapping[str, Any]) -> int:
         print(f"ok: service {service.id} ({service.hook}) from {service.plan.file}")
     print(f"{len(catalogue.services)} service(s), no problems")
     return 0
+
+
+def _render_clinical_logic(dirs: Sequence[Path], output: Path | None, *, check: bool) -> int:
+    """Render from the given directories (default: the bundled knowledge, so the committed file
+    does not depend on a deployment's settings); write, or with `check` compare."""
+    from service.clinical_doc import COMMAND, default_output, render
+
+    root = data_root()
+    target = output or default_output()
+    shown = _shown(target, root)
+    try:
+        text = render(list(dirs) or bundled_knowledge_dirs(), root=root)
+    except KnowledgeError as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"rpl-cds: the knowledge does not load; {shown} was not rendered", file=sys.stderr)
+        return 1
+    if not check:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8", newline="\n")
+        print(f"wrote {shown}")
+        return 0
+    current = target.read_text(encoding="utf-8") if target.is_file() else None
+    if current == text:
+        print(f"ok: {shown} is up to date")
+        return 0
+    command = " ".join(
+        [COMMAND]
+        + ([f"--output {shown}"] if output else [])
+        + [_shown(directory, root) for directory in dirs]
+    )
+    state = "does not exist" if current is None else "is out of date with the knowledge"
+    print(f"rpl-cds: {shown} {state}; run `{command}` to regenerate it", file=sys.stderr)
+    if current is not None:
+        diff = list(
+            difflib.unified_diff(
+                current.splitlines(), text.splitlines(), "committed", "rendered", lineterm=""
+            )
+        )
+        print("\n".join(diff[:40] + (["..."] if len(diff) > 40 else [])), file=sys.stderr)
+    return 1
+
+
+def _shown(path: Path, root: Path) -> str:
+    resolved = path.resolve()
+    return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(path)
 
 
 def _serve(settings: Settings, host: str, port: int, workers: int) -> int:

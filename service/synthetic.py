@@ -1,19 +1,74 @@
 """Synthetic patients from readable scenario descriptions (JSON files in `scenarios/`), for tests,
-benchmarks and `rpl-cds load-scenarios`. Never real patient data.
+benchmarks and `rpl-cds load-scenarios`. Never real patient data. The generator knows no clinical
+content: the codes are in the descriptions.
 
-A description names a patient (id, gender, birth date) and the resources an EHR would hold for
-them, in a short form: `code` is `system|code` (becomes the resource's code), `date` is the
-clinically relevant date (onset, effective, performed or authored, by type); every other field is
-FHIR as written. The generator knows no clinical content: the codes are in the descriptions.
+A file is `{"description": "...", "scenarios": [...]}`. A scenario has these keys (no others):
+
+    id              the Patient's id: letters, digits, `-` and `.`, at most 50; unique in the set
+    description     what the patient shows and why the expected cards follow (shown on failure)
+    gender, birthDate   the Patient's (optional)
+    hook            `patient-view` (default), `order-select` or `order-sign`
+    resources       the record the EHR holds, in short form (below); ids `{id}-1`, `{id}-2`...
+    draftOrders     order hooks only: the orders being written, in short form; ids
+                    `{id}-draft-1`..., status `draft` and intent `order` unless written
+    selections      the selected drafts, as 1-based indexes into draftOrders; order-select: default
+                    [1]; order-sign: none unless given
+    prefetchErrors  resource types (`"Observation"`) whose prefetch queries the EHR answers with an
+                    error (an OperationOutcome) instead of data (optional)
+    expect          {profile: [topic codes]}, profile `eshre`, `asrm` or `rcog`: the exact set of
+                    card topics (`card.source.topic.code`) the hook's service answers with when the
+                    deployment uses that guideline profile; only the profiles listed are tested
+
+Short form of a resource (in `resources` and `draftOrders`): `resourceType`; `code`: `system|code`
+(or a list of them), the codings of `code` (of `medicationCodeableConcept` for MedicationRequest,
+-Statement, -Administration and -Dispense; of `vaccineCode` for Immunization); `text`: that
+CodeableConcept's text (alone, it makes a text-only one); `date`: the clinically relevant date
+(onset, effective, performed, occurrence or authored, by type; `date` for other types); every other
+key is FHIR as written, over defaults that make the resource valid R4 (a final Observation, an
+active order...). The subject (`patient` for AllergyIntolerance, Immunization and
+FamilyMemberHistory) is set.
+
+Relative dates: a string value anywhere in a resource, a draft or `birthDate` that is wholly
+`today`, or `today` then a sign, a whole amount and a unit (`today-30d`, `today+6wk`, `today-13mo`,
+`today-2a`: d days, wk weeks, mo calendar months, a years; months and years keep the day, clamped
+to the month's end), becomes an ISO date `YYYY-MM-DD` counted from the reference date given to
+`resources()` and `draft_orders()` (default `date.today()`; `rpl-cds load-scenarios` resolves them
+when it loads, against `--today`). A FHIR time may follow: `today-30dT09:30:00Z`. Any other value
+that starts with `today` and has no space is an error, as is any other deviation from this format.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
+
+from service.dates import add_months
+from service.settings import Settings
+
+HOOKS = ("patient-view", "order-select", "order-sign")
+ORDER_HOOKS = ("order-select", "order-sign")
+PROFILES: tuple[str, ...] = get_args(Settings.model_fields["guideline"].annotation)
+_KEYS = frozenset(
+    {
+        "id",
+        "description",
+        "gender",
+        "birthDate",
+        "hook",
+        "resources",
+        "draftOrders",
+        "selections",
+        "prefetchErrors",
+        "expect",
+    }
+)
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,50}")
 
 # Where each resource type keeps its clinically relevant date.
 _DATE_ELEMENT = {
@@ -22,6 +77,9 @@ _DATE_ELEMENT = {
     "Procedure": "performedDateTime",
     "ServiceRequest": "authoredOn",
     "MedicationRequest": "authoredOn",
+    "MedicationStatement": "effectiveDateTime",
+    "MedicationAdministration": "effectiveDateTime",
+    "Immunization": "occurrenceDateTime",
     "DiagnosticReport": "effectiveDateTime",
     "AllergyIntolerance": "onsetDateTime",
 }
@@ -31,10 +89,72 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "Procedure": {"status": "completed"},
     "ServiceRequest": {"status": "active", "intent": "order"},
     "MedicationRequest": {"status": "active", "intent": "order"},
+    "MedicationStatement": {"status": "active"},
+    "MedicationAdministration": {"status": "completed"},
+    "Immunization": {"status": "completed"},
     "DiagnosticReport": {"status": "final"},
 }
+_DRAFT = {"status": "draft", "intent": "order"}
 # The element holding the code, where it is not `code`.
-_CODE_ELEMENT = {"MedicationRequest": "medicationCodeableConcept"}
+_CODE_ELEMENT = {
+    "MedicationRequest": "medicationCodeableConcept",
+    "MedicationStatement": "medicationCodeableConcept",
+    "MedicationAdministration": "medicationCodeableConcept",
+    "MedicationDispense": "medicationCodeableConcept",
+    "Immunization": "vaccineCode",
+}
+# The element referring to the patient, where it is not `subject`.
+_SUBJECT_ELEMENT = {
+    "AllergyIntolerance": "patient",
+    "Immunization": "patient",
+    "FamilyMemberHistory": "patient",
+}
+
+_RELATIVE = re.compile(
+    r"today(?:([+-])(\d+)(d|wk|mo|a))?"
+    r"(T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2}))?"
+)
+_LOOKS_RELATIVE = re.compile(r"today\S*")
+
+
+class ScenarioError(ValueError):
+    """A scenario description that does not follow the format."""
+
+
+def resolve_dates(value: Any, today: date) -> Any:
+    """`value` with every relative date string in it (at any depth) made an ISO date."""
+    if isinstance(value, str):
+        return _resolve_date(value, today)
+    if isinstance(value, list):
+        return [resolve_dates(item, today) for item in value]
+    if isinstance(value, dict):
+        return {key: resolve_dates(item, today) for key, item in value.items()}
+    return value
+
+
+def _resolve_date(text: str, today: date) -> str:
+    match = _RELATIVE.fullmatch(text)
+    if match is None:
+        if _LOOKS_RELATIVE.fullmatch(text):
+            raise ScenarioError(
+                f"{text!r} is not a relative date (today, today-30d, today+6wk, today-13mo, "
+                "today-2a)"
+            )
+        return text
+    sign, amount, unit, time = match.groups()
+    moment = today
+    if sign is not None:
+        count = int(amount) * (-1 if sign == "-" else 1)
+        try:
+            if unit == "d":
+                moment = today + timedelta(days=count)
+            elif unit == "wk":
+                moment = today + timedelta(weeks=count)
+            else:
+                moment = add_months(today, count * (12 if unit == "a" else 1))
+        except (ValueError, OverflowError):
+            raise ScenarioError(f"{text!r} is out of the calendar's range") from None
+    return moment.isoformat() + (time or "")
 
 
 @dataclass(frozen=True)
@@ -43,45 +163,161 @@ class ScenarioSpec:
     description: str
     raw: dict[str, Any]
 
+    def __post_init__(self) -> None:
+        try:
+            self._check()
+        except ScenarioError as error:
+            raise ScenarioError(f"scenario {self.id!r}: {error}") from None
+
+    @property
+    def hook(self) -> str:
+        hook: str = self.raw.get("hook", "patient-view")
+        return hook
+
     @property
     def expect(self) -> dict[str, list[str]]:
         expected: dict[str, list[str]] = self.raw.get("expect", {})
         return expected
 
-    def resources(self) -> list[dict[str, Any]]:
+    @property
+    def prefetch_errors(self) -> list[str]:
+        """Resource types whose prefetch queries answer with an error."""
+        errors: list[str] = self.raw.get("prefetchErrors", [])
+        return errors
+
+    def resources(self, today: date | None = None) -> list[dict[str, Any]]:
         """The Patient first, then each described resource with an id and the subject set."""
+        today = today or date.today()
         patient: dict[str, Any] = {"resourceType": "Patient", "id": self.id}
         for element in ("gender", "birthDate"):
             if element in self.raw:
-                patient[element] = self.raw[element]
+                patient[element] = resolve_dates(self.raw[element], today)
         return [
             patient,
-            *(self._resource(short, n) for n, short in enumerate(self.raw.get("resources", []), 1)),
+            *(
+                self._resource(short, f"{self.id}-{n}", today)
+                for n, short in enumerate(self.raw.get("resources", []), 1)
+            ),
         ]
 
-    def _resource(self, short: dict[str, Any], number: int) -> dict[str, Any]:
+    def draft_orders(self, today: date | None = None) -> list[dict[str, Any]]:
+        """The orders being written (order hooks), with ids, status draft and the subject set."""
+        today = today or date.today()
+        return [
+            self._resource(short, f"{self.id}-draft-{n}", today, _DRAFT)
+            for n, short in enumerate(self.raw.get("draftOrders", []), 1)
+        ]
+
+    def selections(self) -> list[str]:
+        """The selected drafts as `{type}/{id}` references."""
+        drafts = self.raw.get("draftOrders", [])
+        if "selections" in self.raw:
+            indexes: list[int] = self.raw["selections"]
+        else:
+            indexes = [1] if self.hook == "order-select" and drafts else []
+        return [f"{drafts[n - 1]['resourceType']}/{self.id}-draft-{n}" for n in indexes]
+
+    def _resource(
+        self,
+        short: Mapping[str, Any],
+        resource_id: str,
+        today: date,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        short = resolve_dates(dict(short), today)
         kind = short["resourceType"]
-        resource: dict[str, Any] = {"resourceType": kind, "id": f"{self.id}-{number}"}
+        resource: dict[str, Any] = {"resourceType": kind, "id": resource_id}
         resource.update(copy.deepcopy(_DEFAULTS.get(kind, {})))
-        resource["subject"] = {"reference": f"Patient/{self.id}"}
+        resource.update(overrides or {})
+        resource[_SUBJECT_ELEMENT.get(kind, "subject")] = {"reference": f"Patient/{self.id}"}
+        concept: dict[str, Any] = {}
         for key, value in short.items():
             if key == "code":
-                system, _, code = str(value).partition("|")
-                element = _CODE_ELEMENT.get(kind, "code")
-                resource[element] = {"coding": [{"system": system, "code": code}]}
+                concept["coding"] = [
+                    {"system": system, "code": code}
+                    for system, _, code in (str(item).partition("|") for item in _as_list(value))
+                ]
+            elif key == "text":
+                concept["text"] = value
             elif key == "date":
                 resource[_DATE_ELEMENT.get(kind, "date")] = value
             elif key != "resourceType":
                 resource[key] = copy.deepcopy(value)
+        if concept:
+            resource[_CODE_ELEMENT.get(kind, "code")] = concept
         return resource
+
+    def _check(self) -> None:
+        raw = self.raw
+        unknown = sorted(set(raw) - _KEYS)
+        if unknown:
+            raise ScenarioError(f"unknown keys {unknown}; allowed: {sorted(_KEYS)}")
+        if not isinstance(self.id, str) or not _ID.fullmatch(self.id):
+            raise ScenarioError("id must be 1-50 letters, digits, '-' or '.'")
+        if self.hook not in HOOKS:
+            raise ScenarioError(f"hook must be one of {list(HOOKS)}")
+        for key in ("resources", "draftOrders"):
+            shorts = raw.get(key, [])
+            if not isinstance(shorts, list) or not all(
+                isinstance(short, dict) and isinstance(short.get("resourceType"), str)
+                for short in shorts
+            ):
+                raise ScenarioError(f"{key} must be a list of objects with a resourceType")
+            for n, short in enumerate(shorts, 1):
+                codes = _as_list(short.get("code", []))
+                if not all(isinstance(c, str) and "|" in c for c in codes):
+                    raise ScenarioError(f"{key}[{n}].code must be 'system|code' or a list of them")
+                if not isinstance(short.get("text", ""), str):
+                    raise ScenarioError(f"{key}[{n}].text must be a string")
+        drafts = raw.get("draftOrders", [])
+        if drafts and self.hook not in ORDER_HOOKS:
+            raise ScenarioError("draftOrders need an order hook (order-select, order-sign)")
+        if "selections" in raw:
+            indexes = raw["selections"]
+            if self.hook not in ORDER_HOOKS:
+                raise ScenarioError("selections need an order hook (order-select, order-sign)")
+            if not isinstance(indexes, list) or not all(
+                isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= len(drafts)
+                for n in indexes
+            ):
+                raise ScenarioError(f"selections must be indexes 1 to {len(drafts)} of draftOrders")
+        if self.hook == "order-select" and not self.selections():
+            raise ScenarioError("order-select needs at least one draft order, selected")
+        errors = raw.get("prefetchErrors", [])
+        if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
+            raise ScenarioError("prefetchErrors must be a list of resource types")
+        expect = raw.get("expect")
+        if not isinstance(expect, dict) or not expect:
+            raise ScenarioError(f"expect must map at least one profile of {list(PROFILES)}")
+        for profile, topics in expect.items():
+            if profile not in PROFILES:
+                raise ScenarioError(f"expect: unknown profile {profile!r}; known: {list(PROFILES)}")
+            if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
+                raise ScenarioError(f"expect.{profile} must be a list of topic codes")
+        # Malformed relative dates are reported when the file is read, not when used.
+        self.resources()
+        self.draft_orders()
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 def load_scenarios(path: Path) -> list[ScenarioSpec]:
-    """Every scenario in a description file, or in every `*.json` of a directory."""
+    """Every scenario in a description file, or in every `*.json` of a directory. Raises
+    ScenarioError, naming the file, for a description that does not follow the format."""
     files = sorted(path.glob("*.json")) if path.is_dir() else [path]
-    specs = []
+    specs: list[ScenarioSpec] = []
+    seen: dict[str, Path] = {}
     for file in files:
         document = json.loads(file.read_text(encoding="utf-8"))
         for raw in document["scenarios"]:
-            specs.append(ScenarioSpec(raw["id"], raw.get("description", ""), raw))
+            try:
+                spec = ScenarioSpec(raw.get("id"), raw.get("description", ""), raw)
+            except ScenarioError as error:
+                raise ScenarioError(f"{file}: {error}") from None
+            if spec.id in seen:
+                raise ScenarioError(f"{file}: scenario {spec.id!r} is also in {seen[spec.id]}")
+            seen[spec.id] = file
+            specs.append(spec)
     return specs

@@ -1,0 +1,781 @@
+"""The clinical logic as Markdown, for clinicians who review it without reading JSON.
+
+`rpl-cds render-clinical-logic` writes `docs/clinical-logic.md` from the loaded knowledge: per
+PlanDefinition its variables, parameters and the patient data it reads; per top-level action (one
+card, one recommendation) when it fires, what it suggests, the card text and its sources; then the
+terminology (ValueSets, ConceptMaps, CodeSystems) and unit tables.
+
+Everything here is generic: every sentence about a patient comes from the knowledge artifacts,
+none from this module, so it works for any guideline's PlanDefinitions. The output depends only on
+the knowledge (no dates, no absolute paths, resources sorted where the documents give no order), so
+a test can tell when the committed file is stale.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.cdshooks.cards import OVERRIDE_REASON_EXTENSION, RECOMMENDED_EXTENSION
+from service.engine.catalogue import Catalogue, load_catalogue
+from service.engine.knowledge import (
+    APPLICABILITY_BEHAVIOR,
+    UNIT_TABLE_SUFFIX,
+    VARIABLE_EXTENSION,
+    Action,
+    Plan,
+    default_value,
+)
+from service.engine.terminology import (
+    TEXT_PATTERN_EXTENSION,
+    TRANSLATING_EQUIVALENCES,
+    TRANSLATING_RELATIONSHIPS,
+)
+from service.settings import data_root
+
+COMMAND = "rpl-cds render-clinical-logic"
+DEFAULT_OUTPUT = Path("docs") / "clinical-logic.md"
+# Card indicator per action priority (docs/knowledge-authoring.md, section 6).
+INDICATORS = {"routine": "info", "urgent": "warning", "asap": "warning", "stat": "critical"}
+_SINGLE_CHOICE = frozenset({"at-most-one", "exactly-one"})
+_LINE_BREAKS = re.compile(r"[ \t]*(?:\r\n|\r|\n)[ \t]*")
+
+Json = Mapping[str, Any]
+
+
+def default_output() -> Path:
+    return data_root() / DEFAULT_OUTPUT
+
+
+def render(
+    knowledge_dirs: Sequence[Path],
+    *,
+    root: Path | None = None,
+    parameters: Mapping[str, Any] | None = None,
+) -> str:
+    """The Markdown for the knowledge in `knowledge_dirs`, loaded and validated as the service
+    loads it (a KnowledgeError when it does not load). Paths are shown relative to `root` (default:
+    the repository or data root); a path outside it is shown from its knowledge directory's name.
+    `parameters` only matter for knowledge with a parameter that has no default; the document
+    always shows the defaults the knowledge declares."""
+    directories = [Path(directory) for directory in knowledge_dirs]
+    catalogue = load_catalogue(directories, parameters)
+    paths = _Paths((root or data_root()).resolve(), [d.resolve() for d in directories])
+    document = _Document(catalogue, paths, directories)
+    document.write()
+    return document.text()
+
+
+# Markdown
+
+
+def _inline(text: Any) -> str:
+    """One line of text (bullets and headings cannot span lines)."""
+    return " ".join(str(text).split())
+
+
+def _code(text: Any) -> str:
+    """A code span that survives any backticks in the text (FHIRPath delimited identifiers)."""
+    value = _LINE_BREAKS.sub(" ", str(text)).strip()
+    if not value:
+        return "(empty)"
+    longest = max((len(run) for run in re.findall(r"`+", value)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if value.startswith("`") or value.endswith("`") else ""
+    return f"{fence}{pad}{value}{pad}{fence}"
+
+
+def _cell(text: str) -> str:
+    """A table cell: one line, pipes escaped (GFM unescapes them inside code spans too)."""
+    return _inline(text).replace("|", "\\|")
+
+
+def _row(*cells: str) -> str:
+    return "| " + " | ".join(_cell(cell) for cell in cells) + " |"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    return [_row(*header), "|" + "---|" * len(header), *(_row(*row) for row in rows)]
+
+
+def _link(label: str, url: str) -> str:
+    text = _inline(label).replace("[", "\\[").replace("]", "\\]")
+    target = url.strip().replace(" ", "%20")
+    if any(char in target for char in "()<>"):
+        target = "<" + target.replace("<", "%3C").replace(">", "%3E") + ">"
+    return f"[{text}]({target})"
+
+
+def _quote(text: str) -> list[str]:
+    return [f"> {line}".rstrip() for line in text.strip().splitlines()]
+
+
+def _value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _coding(coding: Json) -> str:
+    identifier = "|".join(str(coding[key]) for key in ("system", "code") if coding.get(key))
+    parts = [_code(identifier)] if identifier else []
+    if coding.get("display"):
+        parts.append(_inline(coding["display"]))
+    return " ".join(parts) or "(no code)"
+
+
+def _concept(concept: Json) -> str:
+    shown = "; ".join(_coding(coding) for coding in concept.get("coding", []))
+    text = concept.get("text")
+    if text:
+        shown = f"{shown} (text: {_inline(text)})" if shown else _inline(text)
+    return shown or "(no code)"
+
+
+def _topic(action: Json) -> str | None:
+    """`code[0].coding[0].code`, the recommendation's topic."""
+    concepts = action.get("code") or [{}]
+    codings = concepts[0].get("coding") or [{}]
+    code = codings[0].get("code")
+    return str(code) if code else None
+
+
+def _variables(owner: Json) -> list[Json]:
+    return [
+        extension.get("valueExpression", {})
+        for extension in owner.get("extension", [])
+        if extension.get("url") == VARIABLE_EXTENSION
+    ]
+
+
+def _conditions(action: Json) -> list[Json]:
+    return [
+        condition.get("expression", {})
+        for condition in action.get("condition", [])
+        if condition.get("kind") == "applicability"
+    ]
+
+
+def _described(expression: Json) -> str:
+    """`description: expression`, the way every condition and variable is shown."""
+    description = expression.get("description")
+    text = _code(expression.get("expression", ""))
+    return f"{_inline(description)}: {text}" if description else f"_(no description)_ {text}"
+
+
+def _dynamic(action: Json, *paths: str) -> list[Json]:
+    return [
+        dynamic.get("expression", {})
+        for dynamic in action.get("dynamicValue", [])
+        if str(dynamic.get("path", "")).removeprefix("action.") in paths
+    ]
+
+
+def _first_match(owner: Json) -> bool:
+    return any(
+        extension.get("url") == APPLICABILITY_BEHAVIOR and extension.get("valueCode") == "any"
+        for extension in owner.get("extension", [])
+    )
+
+
+def _action_type(action: Json) -> str:
+    for coding in (action.get("type") or {}).get("coding", []):
+        if coding.get("system") and coding.get("code"):
+            return str(coding["code"])
+    return "create"
+
+
+def _walk_concepts(concepts: Iterable[Json]) -> Iterator[Json]:
+    for concept in concepts:
+        yield concept
+        yield from _walk_concepts(concept.get("concept", []))
+
+
+def _walk_contains(contains: Iterable[Json]) -> Iterator[Json]:
+    for entry in contains:
+        yield entry
+        yield from _walk_contains(entry.get("contains", []))
+
+
+def _value_set_displays(value_set: Json) -> dict[tuple[str, str], str]:
+    displays: dict[tuple[str, str], str] = {}
+    for part in value_set.get("compose", {}).get("include", []):
+        for concept in part.get("concept", []):
+            if part.get("system") and concept.get("code") and concept.get("display"):
+                displays[(part["system"], concept["code"])] = concept["display"]
+    for entry in _walk_contains(value_set.get("expansion", {}).get("contains", [])):
+        if entry.get("system") and entry.get("code") and entry.get("display"):
+            displays.setdefault((entry["system"], entry["code"]), entry["display"])
+    return displays
+
+
+@dataclass(frozen=True)
+class _Paths:
+    root: Path
+    directories: list[Path]
+
+    def show(self, path: Path) -> str:
+        """Relative to the root, else from the knowledge directory's name: never absolute."""
+        resolved = path.resolve()
+        if resolved.is_relative_to(self.root):
+            return resolved.relative_to(self.root).as_posix() or "."
+        for directory in self.directories:
+            if resolved.is_relative_to(directory):
+                return (Path(directory.name) / resolved.relative_to(directory)).as_posix()
+        return resolved.name
+
+
+@dataclass
+class _Document:
+    catalogue: Catalogue
+    paths: _Paths
+    directories: list[Path]
+    lines: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        while self.lines and not self.lines[-1]:
+            self.lines.pop()
+        return "\n".join(line.rstrip() for line in self.lines) + "\n"
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def block(self, *lines: str) -> None:
+        """Lines followed by a blank line."""
+        self.lines.extend(lines)
+        self.lines.append("")
+
+    def resources(self, resource_type: str) -> list[tuple[Json, Path]]:
+        """Each loaded resource of the type once (it is registered under url and url|version),
+        sorted by url and version."""
+        knowledge = self.catalogue.knowledge
+        unique: dict[int, tuple[Json, Path]] = {}
+        for key, resource in knowledge.by_canonical.items():
+            if resource.get("resourceType") == resource_type:
+                unique.setdefault(id(resource), (resource, knowledge.files[key]))
+        return sorted(
+            unique.values(),
+            key=lambda item: (str(item[0].get("url", "")), str(item[0].get("version", ""))),
+        )
+
+    # The document
+
+    def write(self) -> None:
+        plans = self.catalogue.knowledge.plans
+        shown = ", ".join(_code(f"{self.paths.show(d).rstrip('/')}/") for d in self.directories)
+        self.block("# Clinical logic")
+        self.block(
+            "<!-- Generated file: do not edit by hand. "
+            f"Regenerate with `{COMMAND}` after changing the knowledge. -->"
+        )
+        self.block(
+            f"> **Generated** by `{COMMAND}` from the knowledge in {shown}. Do not edit this "
+            "file by hand: change the PlanDefinitions or the terminology and run the command "
+            "again (a test fails when this file is out of date)."
+        )
+        self.block(
+            "Each recommendation below is one CDS Hooks card. Conditions and values are shown "
+            "with their author's description followed by the FHIRPath expression the engine "
+            "actually runs; when the two disagree, the expression is what happens."
+        )
+        self.overview(plans)
+        for plan in plans:
+            self.plan(plan)
+        self.terminology()
+
+    def overview(self, plans: Sequence[Plan]) -> None:
+        self.block("## Overview")
+        rows = [
+            (
+                _inline(plan.raw.get("title") or plan.id),
+                " ".join(
+                    part
+                    for part in (
+                        _code(_topic(action.raw)) if _topic(action.raw) else "",
+                        _inline(action.raw.get("title") or "Recommendation"),
+                    )
+                    if part
+                ),
+                self.indicator(action.raw),
+                ", ".join(self.hooks(plan, action)),
+            )
+            for plan in plans
+            for action in plan.actions
+        ]
+        if rows:
+            self.block(*_table(("PlanDefinition", "recommendation", "card", "hooks"), rows))
+        else:
+            self.block("No PlanDefinitions are loaded.")
+
+    def indicator(self, action: Json) -> str:
+        if _dynamic(action, "priority"):
+            return "set when the card fires"
+        return INDICATORS.get(str(action.get("priority", "routine")), "info")
+
+    def hooks(self, plan: Plan, action: Action) -> list[str]:
+        return sorted(action.hooks) or list(plan.hooks)
+
+    # PlanDefinitions
+
+    def plan(self, plan: Plan) -> None:
+        raw = plan.raw
+        self.block(f"## PlanDefinition: {_inline(raw.get('title') or raw.get('name') or plan.id)}")
+        facts = [f"id {_code(plan.id)}"]
+        if plan.url:
+            facts.append(f"url {_code(plan.url)}")
+        for key in ("version", "status"):
+            if raw.get(key):
+                facts.append(f"{key} {_code(raw[key])}")
+        facts.append(f"file {_code(self.paths.show(plan.file))}")
+        self.block(" · ".join(facts))
+        if raw.get("description"):
+            self.block(*str(raw["description"]).strip().splitlines())
+        self.block(f"**Served as:** {self.services(plan)}")
+        if _first_match(raw):
+            self.block(
+                "**Only the first recommendation that applies is shown**, in the order below "
+                "(`cqf-applicabilityBehavior` any)."
+            )
+        self.plan_variables(raw)
+        self.parameters(raw)
+        self.data(plan)
+        for action in plan.actions:
+            self.recommendation(plan, action)
+
+    def services(self, plan: Plan) -> str:
+        services = sorted(
+            (service for service in self.catalogue.services.values() if service.plan is plan),
+            key=lambda service: service.id,
+        )
+        if services:
+            return ", ".join(f"{_code(service.id)} ({service.hook})" for service in services)
+        if plan.raw.get("status") == "retired":
+            return "no service: the PlanDefinition is retired (it can still be run with `$apply`)"
+        return "no service: no action has a named-event trigger (it can be run with `$apply`)"
+
+    def plan_variables(self, raw: Json) -> None:
+        variables = _variables(raw)
+        if not variables:
+            return
+        self.block("**Values computed for every call** (PlanDefinition variables, in this order):")
+        self.block(
+            *_table(
+                ("name", "meaning", "FHIRPath"),
+                (
+                    (
+                        _code(f"%{variable.get('name', '')}"),
+                        _inline(variable.get("description", "")),
+                        _code(variable.get("expression", "")),
+                    )
+                    for variable in variables
+                ),
+            )
+        )
+
+    def parameters(self, raw: Json) -> None:
+        rows = []
+        for canonical in raw.get("library", []):
+            library = self.catalogue.knowledge.resolve(canonical) or {}
+            for definition in library.get("parameter", []):
+                if definition.get("use") != "in":
+                    continue
+                default = default_value(definition)
+                rows.append(
+                    (
+                        _code(f"%{definition.get('name', '')}"),
+                        str(definition.get("type", "")),
+                        _code(_value(default)) if default is not None else "none",
+                        _inline(definition.get("documentation", "")),
+                    )
+                )
+        if not rows:
+            return
+        self.block(
+            "**Parameters** (from the Libraries it lists; a deployment can change them with "
+            "`RPL_CDS_PARAMETERS`):"
+        )
+        self.block(*_table(("name", "type", "default", "meaning"), rows))
+
+    def data(self, plan: Plan) -> None:
+        rows: list[tuple[str, str, str]] = []
+        for _, requirement in plan.data_requirements:
+            resource_type = str(requirement.get("type", ""))
+            name = requirement.get("id")
+            shown = "%patient" if resource_type == "Patient" else f"%{name}" if name else ""
+            row = (
+                _code(shown) if shown else "(prefetch only)",
+                resource_type,
+                self.requirement_codes(requirement),
+            )
+            if row not in rows:
+                rows.append(row)
+        if not rows:
+            return
+        self.block("**Patient data it reads** (data requirements: prefetch and retrieves):")
+        self.block(*_table(("name", "resource type", "coded as"), rows))
+
+    def requirement_codes(self, requirement: Json) -> str:
+        parts: list[str] = []
+        for code_filter in requirement.get("codeFilter", []):
+            parts.extend(_coding(code) for code in code_filter.get("code", []))
+            url = code_filter.get("valueSet")
+            if url:
+                value_set = self.catalogue.knowledge.resolve(url) or {}
+                title = value_set.get("title") or value_set.get("name")
+                parts.append(
+                    f"ValueSet {_inline(title)} ({_code(url)})"
+                    if title
+                    else f"ValueSet {_code(url)}"
+                )
+        return "; ".join(parts) or "any"
+
+    # Recommendations
+
+    def recommendation(self, plan: Plan, action: Action) -> None:
+        raw = action.raw
+        topic = _topic(raw)
+        title = _inline(raw.get("title") or "Recommendation")
+        self.block(f"### {_code(topic)} {title}" if topic else f"### {title}")
+        facts = [f"**Card:** {self.indicator(raw)}"]
+        if raw.get("priority"):
+            facts[0] += f" (priority {raw['priority']})"
+        hooks = sorted(action.hooks)
+        if hooks:
+            facts.append(f"**Hooks:** {', '.join(hooks)}")
+        else:
+            facts.append(
+                f"**Hooks:** every hook of this PlanDefinition ({', '.join(plan.hooks) or 'none'})"
+            )
+        concepts = raw.get("code") or [{}]
+        first = (concepts[0].get("coding") or [None])[0]
+        if first:
+            facts.append(f"**Topic:** {_coding(first)}")
+        if raw.get("id"):
+            facts.append(f"**Action id:** {_code(raw['id'])}")
+        self.block(" · ".join(facts))
+        self.when(raw)
+        self.suggestions(action)
+        self.card_text(raw)
+        self.evidence(raw)
+
+    def when(self, raw: Json) -> None:
+        self.block("**When it fires** (every condition must be true):")
+        conditions = _conditions(raw)
+        self.block(*[f"- {_described(c)}" for c in conditions] or ["- always (no conditions)"])
+        variables = _variables(raw)
+        if variables:
+            self.block("Values defined for this recommendation (action variables, in this order):")
+            self.block(
+                *(f"- {_code('%' + str(v.get('name', '')))}: {_described(v)}" for v in variables)
+            )
+
+    def suggestions(self, action: Action) -> None:
+        self.block("**What it suggests:**")
+        if not action.children:
+            self.block("- nothing to order: the card informs only")
+            return
+        lines: list[str] = []
+        for child in action.children:
+            lines.extend(self.suggestion(child, 0))
+        self.block(*lines)
+        if action.raw.get("selectionBehavior") in _SINGLE_CHOICE:
+            self.block("The clinician can choose at most one of these.")
+        if _first_match(action.raw):
+            self.block("Only the first suggestion that applies is offered.")
+
+    def suggestion(self, action: Action, depth: int) -> list[str]:
+        raw = action.raw
+        indent = "  " * depth
+        title = raw.get("title")
+        line = f"{indent}- **{_inline(title)}**" if title else f"{indent}- _(untitled step)_"
+        if depth == 0 and not title:
+            line += " (not shown: a suggestion needs a title)"
+        for extension in raw.get("extension", []):
+            if extension.get("url") == RECOMMENDED_EXTENSION and extension.get("valueBoolean"):
+                line += " (recommended)"
+        description = raw.get("description")
+        if description and _inline(description) != _inline(title or ""):
+            line += f": {_inline(description)}"
+        details: list[str] = []
+        details.extend(f"only when: {_described(c)}" for c in _conditions(raw))
+        details.extend(
+            f"using {_code('%' + str(v.get('name', '')))}: {_described(v)}" for v in _variables(raw)
+        )
+        if _action_type(raw) == "remove":
+            targets = _dynamic(raw, "resource")
+            details.append(
+                "cancels the draft order"
+                + "".join(f" given by {_code(t.get('expression', ''))}" for t in targets)
+            )
+        if raw.get("definitionCanonical"):
+            details.extend(self.activity(str(raw["definitionCanonical"])))
+        lines = [line, *(f"{indent}  - {detail}" for detail in details)]
+        for child in action.children:
+            lines.extend(self.suggestion(child, depth + 1))
+        return lines
+
+    def activity(self, canonical: str) -> list[str]:
+        definition = self.catalogue.knowledge.resolve(canonical)
+        if definition is None:
+            return [f"creates a request from {_code(canonical)} (not loaded)"]
+        name = definition.get("title") or definition.get("name")
+        named = f" ({_inline(name)})" if name else ""
+        lines = [
+            f"creates a draft **{definition.get('kind', 'request')}** from ActivityDefinition "
+            f"{_code(canonical)}{named}"
+        ]
+        if definition.get("code"):
+            lines.append(f"code: {_concept(definition['code'])}")
+        if definition.get("productCodeableConcept"):
+            lines.append(f"product: {_concept(definition['productCodeableConcept'])}")
+        reference = definition.get("productReference")
+        if reference:
+            lines.append(
+                f"product: {_inline(reference.get('display') or reference.get('reference', ''))}"
+            )
+        lines.extend(
+            f"dosage: {_inline(dosage['text'])}"
+            for dosage in definition.get("dosage", [])
+            if dosage.get("text")
+        )
+        return lines
+
+    def card_text(self, raw: Json) -> None:
+        self.block("**Card text:**")
+        computed = [path for path in ("title", "description") if _dynamic(raw, path)]
+        if computed:
+            self.block(
+                f"The card's {' and '.join(computed)} {'is' if len(computed) == 1 else 'are'} "
+                "computed when it fires (dynamicValue); shown here as written."
+            )
+        description = raw.get("description")
+        self.block(*_quote(str(description)) if description else ["_No card text._"])
+
+    def evidence(self, raw: Json) -> None:
+        self.block("**Evidence and sources:**")
+        lines = []
+        for document in raw.get("documentation", []):
+            label = document.get("display") or document.get("label") or document.get("url")
+            url = document.get("url")
+            text = _link(str(label), str(url)) if url else _inline(label or "(no label)")
+            lines.append(f"- {text} ({document.get('type', 'documentation')})")
+        self.block(*lines or ["- none listed"])
+        reasons = [
+            extension.get("valueCoding", {})
+            for extension in raw.get("extension", [])
+            if extension.get("url") == OVERRIDE_REASON_EXTENSION
+        ]
+        reasons = [coding for coding in reasons if coding.get("display")]
+        if reasons:
+            self.block("Override reasons offered:")
+            self.block(
+                *(
+                    f"- {_inline(coding['display'])}"
+                    + (f" ({_code(coding['code'])})" if coding.get("code") else "")
+                    for coding in reasons
+                )
+            )
+
+    # Terminology
+
+    def terminology(self) -> None:
+        self.block("## Terminology")
+        self.value_sets()
+        self.concept_maps()
+        self.code_systems()
+        self.unit_tables()
+
+    def heading_facts(self, resource: Json, file: Path) -> None:
+        title = resource.get("title") or resource.get("name") or resource.get("id") or "(untitled)"
+        self.block(f"#### {_inline(title)}")
+        facts = [f"url {_code(resource.get('url', ''))}"]
+        if resource.get("version"):
+            facts.append(f"version {_code(resource['version'])}")
+        facts.append(f"file {_code(self.paths.show(file))}")
+        self.block(" · ".join(facts))
+        if resource.get("description"):
+            self.block(*str(resource["description"]).strip().splitlines())
+
+    def value_sets(self) -> None:
+        value_sets = self.resources("ValueSet")
+        self.block("### Value sets")
+        if not value_sets:
+            self.block("None loaded.")
+            return
+        known = self.known_displays()
+        terminology = self.catalogue.knowledge.terminology
+        for value_set, file in value_sets:
+            self.heading_facts(value_set, file)
+            own = _value_set_displays(value_set)
+            members = terminology.members(str(value_set.get("url", "")))
+            if members is None:
+                self.block("_This ValueSet cannot be expanded._")
+            elif members:
+                self.block(
+                    *_table(
+                        ("system", "code", "display"),
+                        (
+                            (
+                                _code(system),
+                                _code(code),
+                                own.get((system, code)) or known.get((system, code), ""),
+                            )
+                            for system, code in sorted(members)
+                        ),
+                    )
+                )
+            patterns = [
+                extension.get("valueString", "")
+                for extension in value_set.get("extension", [])
+                if extension.get("url") == TEXT_PATTERN_EXTENSION
+            ]
+            if patterns:
+                self.block(
+                    "Also matches a code's text or display that contains (regular expression, "
+                    "ignoring case):"
+                )
+                self.block(*(f"- {_code(pattern)}" for pattern in patterns))
+            elif not members:
+                self.block("_No codes._")
+
+    def known_displays(self) -> dict[tuple[str, str], str]:
+        """Displays from every loaded CodeSystem and ValueSet, for codes a ValueSet lists bare."""
+        displays: dict[tuple[str, str], str] = {}
+        for code_system, _ in self.resources("CodeSystem"):
+            for concept in _walk_concepts(code_system.get("concept", [])):
+                if concept.get("code") and concept.get("display"):
+                    displays[(str(code_system.get("url")), concept["code"])] = concept["display"]
+        for value_set, _ in self.resources("ValueSet"):
+            for key, display in _value_set_displays(value_set).items():
+                displays.setdefault(key, display)
+        return displays
+
+    def concept_maps(self) -> None:
+        concept_maps = self.resources("ConceptMap")
+        self.block("### Concept maps")
+        if not concept_maps:
+            self.block("None loaded.")
+            return
+        self.block(
+            "A local code counts as the standard code it maps to (in ValueSets, retrieves and "
+            "prefetch queries) only when the mapping says it is that concept or a kind of it: "
+            f"equivalence {', '.join(sorted(TRANSLATING_EQUIVALENCES))}, or relationship "
+            f"{', '.join(sorted(TRANSLATING_RELATIONSHIPS))}."
+        )
+        known = self.known_displays()
+        for concept_map, file in concept_maps:
+            self.heading_facts(concept_map, file)
+            for group in concept_map.get("group", []):
+                target_system = str(group.get("target", ""))
+                self.block(
+                    f"From {_code(group.get('source', '(no system)'))} "
+                    f"to {_code(group.get('target', '(no system)'))}:"
+                )
+                rows = []
+                for element in group.get("element", []):
+                    targets = element.get("target") or [{}]
+                    for target in targets:
+                        relation = target.get("relationship") or target.get("equivalence") or ""
+                        used = (
+                            target.get("relationship") in TRANSLATING_RELATIONSHIPS
+                            if "relationship" in target
+                            else target.get("equivalence") in TRANSLATING_EQUIVALENCES
+                        )
+                        rows.append(
+                            (
+                                _code(element.get("code", "")),
+                                str(element.get("display", "")),
+                                _code(target["code"]) if target.get("code") else "(none)",
+                                str(
+                                    target.get("display")
+                                    or known.get((target_system, str(target.get("code"))), "")
+                                ),
+                                relation,
+                                "yes" if used and target.get("code") else "no",
+                            )
+                        )
+                self.block(
+                    *_table(
+                        (
+                            "source code",
+                            "source display",
+                            "target code",
+                            "target display",
+                            "mapping",
+                            "counts as the target",
+                        ),
+                        rows,
+                    )
+                )
+
+    def code_systems(self) -> None:
+        code_systems = self.resources("CodeSystem")
+        self.block("### Code systems")
+        if not code_systems:
+            self.block("None loaded.")
+            return
+        for code_system, file in code_systems:
+            self.heading_facts(code_system, file)
+            concepts = list(_walk_concepts(code_system.get("concept", [])))
+            if concepts:
+                self.block(
+                    *_table(
+                        ("code", "display", "definition"),
+                        (
+                            (
+                                _code(concept.get("code", "")),
+                                str(concept.get("display", "")),
+                                str(concept.get("definition", "")),
+                            )
+                            for concept in concepts
+                        ),
+                    )
+                )
+
+    def unit_tables(self) -> None:
+        tables: dict[Path, str] = {}
+        for directory in self.directories:
+            if directory.is_dir():
+                for file in directory.rglob(f"*{UNIT_TABLE_SUFFIX}"):
+                    tables.setdefault(file.resolve(), self.paths.show(file))
+        self.block("### Unit tables")
+        if not tables:
+            self.block("None loaded.")
+            return
+        self.block(
+            "A conversion means `to = from * factor + offset`; the reverse direction is derived. "
+            "Nothing else converts."
+        )
+        for file, shown in sorted(tables.items(), key=lambda item: item[1]):
+            document = json.loads(file.read_text(encoding="utf-8"))
+            if not isinstance(document, dict):
+                continue
+            self.block(f"#### {_inline(document.get('description') or file.name)}")
+            self.block(f"file {_code(shown)}")
+            if document.get("source"):
+                self.block(f"Source: {_inline(document['source'])}")
+            conversions = [c for c in document.get("conversions", []) if isinstance(c, dict)]
+            if conversions:
+                self.block(
+                    *_table(
+                        ("from", "to", "factor", "offset", "note"),
+                        (
+                            (
+                                _code(conversion.get("from", "")),
+                                _code(conversion.get("to", "")),
+                                _value(conversion.get("factor", "")),
+                                _value(conversion.get("offset", 0)),
+                                str(conversion.get("note", "")),
+                            )
+                            for conversion in conversions
+                        ),
+                    )
+                )
+            units = document.get("units") or []
+            if units:
+                self.block(
+                    "Further units expressions may use (no conversion needed): "
+                    + ", ".join(_code(unit) for unit in units)
+                )
