@@ -35,7 +35,7 @@ async def test_prefetch_templates_use_only_2_0_tokens(client: httpx.AsyncClient)
     services = (await client.get("/cds-services")).json()["services"]
     workup = next(s for s in services if s["id"] == "rpl-workup")
     assert workup["prefetch"]["patient"] == "Patient/{{context.patientId}}"
-    assert workup["prefetch"]["miscarriages"].startswith("Condition?patient={{context.patientId}}")
+    assert workup["prefetch"]["conditions"].startswith("Condition?patient={{context.patientId}}")
     for service in services:
         for template in service.get("prefetch", {}).values():
             assert set(re.findall(r"\{\{\s*(.*?)\s*\}\}", template)) <= TOKENS_2_0

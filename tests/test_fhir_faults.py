@@ -3,8 +3,10 @@ these tests): it answers within the budget plus 250 ms, never with a 5xx, says w
 (a `data-incomplete` card, and the key in the call's log line), computes its cards from what did
 arrive, and sends the access token nowhere but the named fhirServer and logs it nowhere.
 
-The workup service's prefetch keys are `patient` (Patient/{id}) and `miscarriages`
-(Condition?patient={id}&code=...); a fault on one key leaves the other one's data in use.
+These tests are about data access, not clinical content, so they run a fixed two-key workup
+(`tests/knowledge/two-key-workup/`, the first version of the RPL workup) whose prefetch keys are
+`patient` (Patient/{id}) and `miscarriages` (Condition?patient={id}&code=...); a fault on one key
+leaves the other one's data in use.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -85,7 +88,11 @@ def all_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
+TWO_KEY_WORKUP = Path(__file__).parent / "knowledge" / "two-key-workup"
+
+
 def app(make_client: ClientFactory, **settings: Any) -> Any:
+    settings.setdefault("knowledge_dirs", [TWO_KEY_WORKUP])
     settings.setdefault("fhir_allow_http", True)
     settings.setdefault("fhir_time_budget_seconds", BUDGET)
     return make_client(**settings)
@@ -111,6 +118,10 @@ def hook_call(
 ) -> dict[str, Any]:
     """A workup call with only `prefetch` (none by default), naming `fhir_server`."""
     body = workup_request(scenario)
+    body["prefetch"] = {
+        "patient": scenario.patient(),
+        "miscarriages": scenario.searchset(scenario.conditions),
+    }
     if prefetch is None:
         del body["prefetch"]
     else:
@@ -660,7 +671,10 @@ async def test_a_refused_server_is_not_needed_when_the_prefetch_is_complete(
     make_client: ClientFactory, fhir: FaultServer
 ) -> None:
     scenario = two_losses()
-    prefetch = workup_request(scenario)["prefetch"]
+    prefetch = {
+        "patient": scenario.patient(),
+        "miscarriages": scenario.searchset(scenario.conditions),
+    }
     async with app(make_client, fhir_allowed_hosts=["fhir.example.org"]) as client:
         answer = await post(client, hook_call(scenario, fhir.base_url, prefetch=prefetch))
     assert answer.response.status_code == 200

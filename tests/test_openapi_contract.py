@@ -20,6 +20,7 @@ from openapi_spec_validator import validate as validate_openapi
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 from support.jwt_tokens import SigningKey, bearer, mint, new_es384_key, write_jwks
+from support.patients import WORKUP_KEYS
 
 from service.app import create_app
 from service.settings import IssuerConfig, Settings
@@ -160,11 +161,12 @@ def patient_view_request() -> dict[str, Any]:
         "context": {"userId": "Practitioner/p1", "patientId": "pat1"},
         "prefetch": {
             "patient": {"resourceType": "Patient", "id": "pat1", "gender": "female"},
-            "miscarriages": {
+            "conditions": {
                 "resourceType": "Bundle",
                 "type": "searchset",
                 "entry": [_loss(1, "2023-03-01"), _loss(2, "2024-01-15")],
             },
+            **dict.fromkeys(WORKUP_KEYS[2:], None),  # observations on: no data
         },
     }
 
@@ -308,13 +310,18 @@ async def test_discovery_matches_contract(client: httpx.AsyncClient) -> None:
     body = assert_documented(await client.get("/cds-services"), "/cds-services", "GET")
     services = {service["id"]: service for service in body["services"]}
     assert services[WORKUP]["hook"] == "patient-view"
-    assert set(services[WORKUP]["prefetch"]) == {"patient", "miscarriages"}
+    assert set(services[WORKUP]["prefetch"]) == set(WORKUP_KEYS)
 
 
 async def test_service_call_answers_with_contract_cards(client: httpx.AsyncClient) -> None:
     response = await client.post(f"/cds-services/{WORKUP}", json=patient_view_request())
     body = assert_documented(response, "/cds-services/{service_id}", "POST")
-    assert [card["source"]["topic"]["code"] for card in body["cards"]] == ["lifestyle-support"]
+    assert [card["source"]["topic"]["code"] for card in body["cards"]] == [
+        "aps-screen",
+        "thyroid-screen",
+        "uterine-imaging",
+        "lifestyle-support",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -496,7 +503,7 @@ async def test_invalid_feedback_is_400(client: httpx.AsyncClient, feedback: Any)
     assert_outcome(body, "invalid")
 
 
-@pytest.mark.parametrize("missing", [["patient"], ["patient", "miscarriages"]])
+@pytest.mark.parametrize("missing", [["patient"], ["patient", "conditions"]])
 async def test_missing_prefetch_without_fhir_server_is_412(
     client: httpx.AsyncClient, missing: list[str]
 ) -> None:
@@ -513,7 +520,7 @@ async def test_missing_prefetch_without_fhir_server_is_412(
 
 async def test_null_prefetch_value_means_no_data_not_412(client: httpx.AsyncClient) -> None:
     request = patient_view_request()
-    request["prefetch"]["miscarriages"] = None
+    request["prefetch"]["conditions"] = None
     response = await client.post(f"/cds-services/{WORKUP}", json=request)
     assert_documented(response, "/cds-services/{service_id}", "POST")
     assert response.status_code == 200

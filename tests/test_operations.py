@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support.patients import Scenario, workup_request
+from support.patients import TWO_LOSSES_ESHRE, Scenario, workup_request
 from test_service_calls import WORKUP, assert_outcome, two_losses
 
 
@@ -73,7 +73,11 @@ async def test_no_identifier_token_or_content_in_logs(
     assert calls, "one line per call"
     call = calls[0]
     assert call.hookInstance == body["hookInstance"]
-    assert call.service == "rpl-workup" and call.cards == 1 and call.duration_ms >= 0
+    assert (
+        call.service == "rpl-workup"
+        and call.cards == len(TWO_LOSSES_ESHRE)
+        and call.duration_ms >= 0
+    )
 
 
 async def test_cors_is_off_by_default(client: httpx.AsyncClient) -> None:
@@ -124,7 +128,7 @@ async def test_server_timing_names_fetching_and_auth(make_client: Any, tmp_path:
     key = new_es384_key("k1")
     issuers = {"https://ehr.example": {"jwks_file": str(write_jwks(tmp_path / "k.jwks", key))}}
     request = workup_request(two_losses())
-    del request["prefetch"]["miscarriages"]
+    del request["prefetch"]["conditions"]
     request["fhirServer"] = "http://127.0.0.1:9/fhir"  # nothing listens: fetched, and fails
     async with make_client(server_timing=True, auth_issuers=issuers, fhir_allow_http=True) as timed:
         token = mint(key, iss="https://ehr.example", aud=f"http://cds.test{WORKUP}")

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from support.live_service import live_service
-from support.patients import Scenario, topics, workup_request
+from support.patients import TWO_LOSSES_ESHRE, Scenario, topics, workup_request
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -31,7 +31,7 @@ def test_serve_on_embedded_defaults(tmp_path: Path, workers: str) -> None:
     served = 'rpl_cds_requests_total{endpoint="/cds-services/{service_id}",service="rpl-workup",status="200"} 6.0'
     assert served in metrics
     assert all(
-        call.status_code == 200 and topics(call.json()) == {"lifestyle-support"} for call in calls
+        call.status_code == 200 and topics(call.json()) == TWO_LOSSES_ESHRE for call in calls
     )
     assert (tmp_path / "data" / "rpl-cds.db").is_file()
     lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]

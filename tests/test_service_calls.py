@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support.patients import Scenario, order_request, topics, workup_request
+from support.patients import TWO_LOSSES_ESHRE, Scenario, order_request, topics, workup_request
 
 PEERS = Path(__file__).resolve().parents[2] / "shared" / "peer-requests"
 WORKUP = "/cds-services/rpl-workup"
@@ -48,14 +49,16 @@ async def test_workup_returns_conformant_cards(client: httpx.AsyncClient) -> Non
     response = await client.post(WORKUP, json=workup_request(two_losses()))
     assert response.status_code == 200
     body = response.json()
-    assert topics(body) == {"lifestyle-support"}
-    card = body["cards"][0]
+    assert topics(body) == TWO_LOSSES_ESHRE
     assert_no_empty_fields({k: v for k, v in body.items() if k != "cards"} | {"c": body["cards"]})
-    assert len(card["summary"]) < 140
-    assert card["indicator"] in {"info", "warning", "critical"}
-    assert card["source"]["label"]
-    assert card["source"]["topic"]["system"].endswith("/rpl-recommendation")
-    uuid.UUID(card["uuid"])
+    for card in body["cards"]:
+        assert len(card["summary"]) < 140
+        assert card["indicator"] in {"info", "warning", "critical"}
+        assert card["source"]["label"]
+        assert card["source"]["topic"]["system"].endswith("/rpl-recommendation")
+        assert "**Why:**" in card["detail"] and "**Evidence:**" in card["detail"]
+        assert card["links"]
+        uuid.UUID(card["uuid"])
 
 
 async def test_card_uuid_is_stable_for_a_hook_instance(client: httpx.AsyncClient) -> None:
@@ -93,8 +96,8 @@ async def test_guideline_profile_changes_the_threshold(make_client: Any) -> None
         two = await rcog.post(WORKUP, json=workup_request(two_losses()))
         three = two_losses().miscarriage("2025-02-01")
         met = await rcog.post(WORKUP, json=workup_request(three))
-    assert two.json()["cards"] == []
-    assert topics(met.json()) == {"lifestyle-support"}
+    assert "lifestyle-support" not in topics(two.json())  # RCOG: 3 losses
+    assert "lifestyle-support" in topics(met.json())
 
 
 async def test_male_patient_gets_no_workup(client: httpx.AsyncClient) -> None:
@@ -219,13 +222,13 @@ async def test_body_over_the_limit_is_413(make_client: Any) -> None:
 
 async def test_missing_prefetch_without_fhir_server_is_412(client: httpx.AsyncClient) -> None:
     body = workup_request(two_losses())
-    del body["prefetch"]["miscarriages"]
-    assert_outcome(await client.post(WORKUP, json=body), 412, "miscarriages")
+    del body["prefetch"]["conditions"]
+    assert_outcome(await client.post(WORKUP, json=body), 412, "conditions")
 
 
 async def test_null_prefetch_means_no_data(client: httpx.AsyncClient) -> None:
     body = workup_request(two_losses())
-    body["prefetch"]["miscarriages"] = None
+    body["prefetch"]["conditions"] = None
     response = await client.post(WORKUP, json=body)
     assert response.json() == {"cards": []}
 
@@ -234,7 +237,7 @@ async def test_operation_outcome_in_prefetch_says_data_incomplete(
     client: httpx.AsyncClient,
 ) -> None:
     body = workup_request(two_losses())
-    body["prefetch"]["miscarriages"] = {
+    body["prefetch"]["conditions"] = {
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "error", "code": "timeout"}],
     }
@@ -250,8 +253,11 @@ async def test_the_trace_is_returned_only_when_enabled(
         body = (await tracing.post(WORKUP, json=request)).json()
     trace = body["extension"]["org.rpl-cds.trace"]
     applied = {entry["action"]: entry["applied"] for entry in trace}
-    assert applied["PlanDefinition.action[1]"] is True  # lifestyle-support
     assert applied["PlanDefinition.action[0]"] is False  # data-incomplete
+    cards = [
+        a for a, on in applied.items() if on and re.fullmatch(r"PlanDefinition\.action\[\d+\]", a)
+    ]
+    assert len(cards) == len(body["cards"]) == len(TWO_LOSSES_ESHRE)
 
 
 @pytest.mark.parametrize(
@@ -281,7 +287,7 @@ async def test_a_search_bundle_with_only_an_error_outcome_is_missing_data(
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "error", "code": "exception"}],
     }
-    body["prefetch"]["miscarriages"] = {
+    body["prefetch"]["conditions"] = {
         "resourceType": "Bundle",
         "type": "searchset",
         "entry": [{"resource": error, "search": {"mode": "outcome"}}],
@@ -295,7 +301,7 @@ async def test_warnings_beside_results_are_not_errors(client: httpx.AsyncClient)
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "warning", "code": "informational"}],
     }
-    body["prefetch"]["miscarriages"]["entry"].append(
+    body["prefetch"]["conditions"]["entry"].append(
         {"resource": warning, "search": {"mode": "outcome"}}
     )
-    assert topics((await client.post(WORKUP, json=body)).json()) == {"lifestyle-support"}
+    assert topics((await client.post(WORKUP, json=body)).json()) == TWO_LOSSES_ESHRE

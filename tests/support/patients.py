@@ -12,6 +12,20 @@ from typing import Any
 
 SNOMED = "http://snomed.info/sct"
 MISCARRIAGE = "17369002"
+# What two dated miscarriages give a female patient under the default (ESHRE) profile; the
+# scenarios in scenarios/ cover every other case.
+TWO_LOSSES_ESHRE = frozenset(
+    {"aps-screen", "thyroid-screen", "uterine-imaging", "lifestyle-support"}
+)
+# The prefetch keys of the bundled services (plandefinitions/Library-rpl-*.json).
+ORDER_SAFETY_KEYS = ("patient", "conditions", "observations")
+WORKUP_KEYS = (
+    *ORDER_SAFETY_KEYS,
+    "procedures",
+    "reports",
+    "serviceRequests",
+    "medicationRequests",
+)
 
 
 @dataclass
@@ -81,6 +95,14 @@ class Scenario:
             ],
         }
 
+    def prefetch(self, keys: tuple[str, ...]) -> dict[str, Any]:
+        """Every prefetch key of a service answered: the patient, the conditions, and empty
+        searchsets for the rest (these scenarios only have conditions)."""
+        answers: dict[str, Any] = {key: self.searchset([]) for key in keys}
+        answers["patient"] = self.patient()
+        answers["conditions"] = self.searchset(self.conditions)
+        return answers
+
     def draft_bundle(self) -> dict[str, Any]:
         return {
             "resourceType": "Bundle",
@@ -95,10 +117,7 @@ def workup_request(scenario: Scenario, **overrides: Any) -> dict[str, Any]:
         "hook": "patient-view",
         "hookInstance": str(uuid.uuid4()),
         "context": {"userId": "Practitioner/syn-clinician", "patientId": scenario.patient_id},
-        "prefetch": {
-            "patient": scenario.patient(),
-            "miscarriages": scenario.searchset(scenario.conditions),
-        },
+        "prefetch": scenario.prefetch(WORKUP_KEYS),
     }
     body.update(overrides)
     return body
@@ -114,7 +133,12 @@ def order_request(scenario: Scenario, hook: str, **overrides: Any) -> dict[str, 
         context["selections"] = [
             f"{o['resourceType']}/{o['id']}" for o in scenario.draft_orders[:1]
         ]
-    body: dict[str, Any] = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context}
+    body: dict[str, Any] = {
+        "hook": hook,
+        "hookInstance": str(uuid.uuid4()),
+        "context": context,
+        "prefetch": scenario.prefetch(ORDER_SAFETY_KEYS),
+    }
     body.update(overrides)
     return body
 
