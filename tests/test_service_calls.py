@@ -181,7 +181,8 @@ async def test_order_sign_requires_a_draft_orders_bundle(client: httpx.AsyncClie
 
 
 async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
-    malformed = (PEERS / "generic-malformed.json.txt").read_bytes()
+    peer = PEERS / "generic-malformed.json.txt"  # a peer service's real malformed request
+    malformed = peer.read_bytes() if peer.is_file() else b'{"hook": "patient-view", "context": {'
     response = await client.post(
         WORKUP, content=malformed, headers={"content-type": "application/json"}
     )
