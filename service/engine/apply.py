@@ -7,8 +7,12 @@ Semantics (documented for authors in docs/knowledge-authoring.md):
   conditions are refused at load: a hook call is one point in time, with no workflow to start or
   stop.
 - A top-level action with named-event triggers applies only to those hooks.
-- Variables are evaluated in document order; an action's variables are visible to its conditions,
-  dynamic values and children.
+- PlanDefinition variables are evaluated when an expression first needs them, at most once per
+  call: a card whose first condition fails costs none of the variables only its later conditions
+  read (most order-sign calls need a handful of the plan's variables). One that fails stops the
+  whole plan (no action applies), as it did when all were evaluated up front. An action's
+  variables are evaluated in document order when the action is reached; they are visible to its
+  conditions, dynamic values and children.
 - `dynamicValue` paths `title`, `description`, `priority`, `timingDateTime`, `textEquivalent` set
   the RequestGroup action; `resource` names existing resources the action is about (one
   RequestGroup action per target, used to remove draft orders); any other path sets the resource
@@ -108,6 +112,12 @@ class Result:
     trace: list[TraceEntry]
 
 
+class _PlanVariableFailed(BaseException):
+    """A PlanDefinition variable failed: no action of the plan applies. A BaseException, so that
+    the `except Exception` guards around each action's expressions let it through to
+    apply_plan."""
+
+
 def apply_plan(plan: Plan, subject: Subject) -> Result:
     environment: dict[str, Any] = {name: [] for name in plan.resource_types}
     environment.update(subject.resources_by_type)
@@ -126,17 +136,21 @@ def apply_plan(plan: Plan, subject: Subject) -> Result:
             "loinc": "http://loinc.org",
         }
     )
-    run = _Run(subject)
-    plan_trace = run.entry("PlanDefinition")
-    if not run.bind(plan.variables, environment, plan_trace):
-        return Result(run.request_group(plan, []), run.trace)
-    plan_trace.applied = True
+    plan_trace = TraceEntry("PlanDefinition", applied=True)
+    run = _Run(subject, {v.name: v for v in plan.variables}, environment, plan_trace)
+    run.trace.append(plan_trace)
     candidates = [
         action
         for action in plan.actions
         if subject.hook is None or not action.hooks or subject.hook in action.hooks
     ]
-    actions = run.actions(candidates, environment, _first_only(plan.raw))
+    try:
+        actions = run.actions(candidates, environment, _first_only(plan.raw))
+    except _PlanVariableFailed as failure:
+        plan_trace.applied = False
+        plan_trace.error = str(failure)
+        log.warning("variable failed", extra={"detail": plan_trace.action})
+        return Result(run.request_group(plan, []), run.trace)
     run.resolve_related_timing()
     return Result(run.request_group(plan, actions), run.trace)
 
@@ -158,6 +172,10 @@ def plain(value: Any) -> Any:
 @dataclass
 class _Run:
     subject: Subject
+    # The plan's variables, evaluated on first use into `root` (the plan-level environment).
+    plan_variables: Mapping[str, Variable]
+    root: dict[str, Any]
+    plan_entry: TraceEntry
     trace: list[TraceEntry] = field(default_factory=list)
     contained: list[dict[str, Any]] = field(default_factory=list)
     by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -169,8 +187,11 @@ class _Run:
         return entry
 
     def evaluate(
-        self, expression: CompiledExpression, environment: Mapping[str, Any], entry: TraceEntry
+        self, expression: CompiledExpression, environment: dict[str, Any], entry: TraceEntry
     ) -> list[Any]:
+        for name in expression.variables:
+            if name in self.plan_variables:
+                environment[name] = self.plan_value(name)
         result = expression(environment.get("patient") or {}, environment)
         entry.inputs.extend(
             f"{item['resourceType']}/{item['id']}"
@@ -178,6 +199,22 @@ class _Run:
             if isinstance(item, dict) and "resourceType" in item and "id" in item
         )
         return [plain(item) for item in result]
+
+    def plan_value(self, name: str) -> list[Any]:
+        """A PlanDefinition variable's value, evaluated the first time it is needed. Its own
+        references are plan variables defined above it (checked at load), so this recursion ends."""
+        if name not in self.plan_entry.variables:
+            variable = self.plan_variables[name]
+            try:
+                value = self.evaluate(variable.expression, self.root, self.plan_entry)
+            except _PlanVariableFailed:
+                raise
+            except Exception as error:  # fhirpathpy raises many types
+                raise _PlanVariableFailed(f"variable {name}: {error}") from error
+            self.root[name] = value
+            self.plan_entry.variables[name] = value
+        known: list[Any] = self.plan_entry.variables[name]
+        return known
 
     def bind(
         self, variables: list[Variable], environment: dict[str, Any], entry: TraceEntry
@@ -258,7 +295,7 @@ class _Run:
     def set_dynamic(
         self,
         values: list[DynamicValue],
-        environment: Mapping[str, Any],
+        environment: dict[str, Any],
         entry: TraceEntry,
         out: dict[str, Any],
         resource: dict[str, Any] | None,
@@ -282,7 +319,7 @@ class _Run:
         self,
         activity: Activity,
         key: str,
-        environment: Mapping[str, Any],
+        environment: dict[str, Any],
         entry: TraceEntry,
     ) -> dict[str, Any]:
         """A draft request from an ActivityDefinition (ServiceRequest or MedicationRequest), with
