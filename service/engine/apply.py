@@ -207,9 +207,7 @@ class _Run:
             variable = self.plan_variables[name]
             try:
                 value = self.evaluate(variable.expression, self.root, self.plan_entry)
-            except _PlanVariableFailed:
-                raise
-            except Exception as error:  # fhirpathpy raises many types
+            except Exception as error:  # fhirpathpy raises many types; _PlanVariableFailed passes
                 raise _PlanVariableFailed(f"variable {name}: {error}") from error
             self.root[name] = value
             self.plan_entry.variables[name] = value

@@ -37,9 +37,16 @@ ALLOWED_TOKENS = frozenset(
 _TOKEN = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
 
 
-def _has_query_pattern(requirement: Mapping[str, Any]) -> bool:
-    """An explicit query pattern may fetch anything: it cannot prove coverage."""
-    return any(e.get("url") == QUERY_PATTERN_EXTENSION for e in requirement.get("extension", []))
+def _query_pattern(requirement: Mapping[str, Any]) -> str | None:
+    """The requirement's explicit `cqf-fhirQueryPattern` template, if it has one."""
+    return next(
+        (
+            extension.get("valueString")
+            for extension in requirement.get("extension", [])
+            if extension.get("url") == QUERY_PATTERN_EXTENSION
+        ),
+        None,
+    )
 
 
 def _code_path(requirement: Mapping[str, Any]) -> str | None:
@@ -166,7 +173,8 @@ class _PrefetchBuilder:
         if wanted is None:
             return  # its code filter is reported by the knowledge check already
         for _, other in fetched:
-            if other.get("type") != requirement.get("type") or _has_query_pattern(other):
+            # An explicit query pattern may fetch anything: it cannot prove coverage.
+            if other.get("type") != requirement.get("type") or _query_pattern(other):
                 continue
             if _code_path(other) not in (None, _code_path(requirement)):
                 continue
@@ -191,15 +199,7 @@ class _PrefetchBuilder:
 
     def template(self, requirement: dict[str, Any], path: str) -> str | None:
         """The explicit `cqf-fhirQueryPattern`, else a query built from the requirement."""
-        pattern = next(
-            (
-                extension.get("valueString")
-                for extension in requirement.get("extension", [])
-                if extension.get("url") == QUERY_PATTERN_EXTENSION
-            ),
-            None,
-        )
-        template = pattern or self._query(requirement, path)
+        template = _query_pattern(requirement) or self._query(requirement, path)
         if template is None:
             return None
         bad = [token for token in _TOKEN.findall(template) if token not in ALLOWED_TOKENS]
