@@ -32,7 +32,6 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from service.dates import add_months
@@ -155,20 +154,6 @@ def apply_plan(plan: Plan, subject: Subject) -> Result:
     return Result(run.request_group(plan, actions), run.trace)
 
 
-def plain(value: Any) -> Any:
-    """FHIRPath results as JSON values: fhirpathpy hands back its own date types for literals and
-    Decimal for decimals, neither of which belongs in a card or a trace."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [plain(item) for item in value]
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
-
-
 @dataclass
 class _Run:
     subject: Subject
@@ -192,13 +177,13 @@ class _Run:
         for name in expression.variables:
             if name in self.plan_variables:
                 environment[name] = self.plan_value(name)
-        result = expression(environment.get("patient") or {}, environment)
+        result = expression.values(environment.get("patient") or {}, environment)
         entry.inputs.extend(
             f"{item['resourceType']}/{item['id']}"
             for item in result
             if isinstance(item, dict) and "resourceType" in item and "id" in item
         )
-        return [plain(item) for item in result]
+        return result
 
     def plan_value(self, name: str) -> list[Any]:
         """A PlanDefinition variable's value, evaluated the first time it is needed. Its own
@@ -410,6 +395,8 @@ def _reference(item: Any) -> str | None:
 def _set_path(target: dict[str, Any], path: str, value: Any) -> None:
     """Set `a.b[0].c` on a resource, creating what is missing (dynamicValue.path is a simple
     FHIRPath: names and indexes only)."""
+    if isinstance(value, dict | list):
+        value = copy.deepcopy(value)  # results share objects with the request's data
     matches = [PATH_STEP.match(step) for step in path.split(".")]
     steps = [(m.group(1), m.group(2)) for m in matches if m is not None]
     if len(steps) != len(matches):

@@ -2,9 +2,11 @@
 
 fhirpathpy's parser recovers from syntax errors silently (`Condition.where(` compiles and fails,
 or worse answers, only when evaluated), so knowledge would load with broken expressions. This
-module parses with an error listener that collects what ANTLR reports and insists that the whole
-text was consumed, then compiles once with the R4 model (so `effective` finds `effectiveDateTime`).
-Built-ins that answer wrongly (`single()` returns an error as a value) are replaced.
+module parses once, with an error listener that collects what ANTLR reports, and insists that the
+whole text was consumed. The parse tree is compiled to closures (`closures.py`: fhirpathpy's
+interpreter costs most of a hook call), or, for what that compiler does not cover, handed to
+fhirpathpy's evaluator with the R4 model (so `effective` finds `effectiveDateTime`). Built-ins
+that answer wrongly (`single()` returns an error as a value) are replaced.
 """
 
 from __future__ import annotations
@@ -12,16 +14,27 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
-import fhirpathpy
 from antlr4 import CommonTokenStream, InputStream, Token
 from antlr4.error.ErrorListener import ErrorListener
+from antlr4.tree.Tree import ParseTreeWalker
+from fhirpathpy import apply_parsed_path
+from fhirpathpy.engine import util
 from fhirpathpy.models import models
+from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
+from service.engine.closures import Unsupported, compile_closures
+
 R4_MODEL: dict[str, Any] = models["r4"]
+
+Evaluator = Callable[[Any, Mapping[str, Any]], list[Any]]
+# fhirpathpy is untyped; these annotations are what this module relies on.
+_ast_builder: Callable[[], Any] = ASTPathListener
+_interpreter: Callable[..., Evaluator] = util.set_paths
 
 # `%name` outside string literals and backtick-quoted identifiers.
 _STRINGS = re.compile(r"'(?:[^'\\]|\\.)*'|`[^`]*`")
@@ -46,7 +59,8 @@ class _CollectingListener(ErrorListener):  # type: ignore[misc]
         self.errors.append(f"column {column + 1}: {msg}")
 
 
-def syntax_errors(expression: str) -> list[str]:
+def parse_strict(expression: str) -> tuple[dict[str, Any], list[str]]:
+    """fhirpathpy's parse tree of the expression, and the syntax errors (none when it is valid)."""
     listener = _CollectingListener()
     lexer = FHIRPathLexer(InputStream(expression))
     lexer.removeErrorListeners()
@@ -55,17 +69,44 @@ def syntax_errors(expression: str) -> list[str]:
     parser = FHIRPathParser(tokens)
     parser.removeErrorListeners()
     parser.addErrorListener(listener)
-    parser.expression()
+    tree = parser.expression()
     if not listener.errors and tokens.LA(1) != Token.EOF:
         listener.errors.append(f"unexpected text after column {tokens.LT(1).start}")
-    return listener.errors
+    if listener.errors:
+        return {}, listener.errors
+    builder = _ast_builder()
+    ParseTreeWalker().walk(builder, tree)
+    return builder.parentStack[0], []
+
+
+def syntax_errors(expression: str) -> list[str]:
+    return parse_strict(expression)[1]
 
 
 def referenced_variables(expression: str) -> set[str]:
     return set(_VARIABLE.findall(_STRINGS.sub("''", expression)))
 
 
-Evaluator = Callable[[Any, Mapping[str, Any]], list[Any]]
+def plain(value: Any) -> Any:
+    """FHIRPath results as JSON values: fhirpathpy hands back its own date types for literals and
+    Decimal for decimals (also inside the resources it returns), neither of which belongs in a
+    card or a trace."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, float):
+        # As for a Decimal: fhirpathpy reads JSON numbers as Decimal, the closures leave them.
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    if isinstance(value, str | int | bool) or value is None:
+        return value
+    return str(value)
+
+
+# Items the closures return unchanged from the request's JSON, or computed: already JSON values.
+_JSON_ITEMS = frozenset({str, dict, bool, int})
 
 
 @dataclass(frozen=True)
@@ -73,9 +114,29 @@ class CompiledExpression:
     text: str
     variables: frozenset[str]
     _evaluate: Evaluator
+    tree: Mapping[str, Any]  # fhirpathpy's parse tree
+    # "closures", or "fhirpathpy" for an expression the closure compiler does not cover.
+    evaluator: str
+    _options: Mapping[str, Any]
 
     def __call__(self, resource: Any, environment: Mapping[str, Any]) -> list[Any]:
+        """The result as FHIRPath values (Decimal for decimals, fhirpathpy's types for dates and
+        quantities)."""
         return self._evaluate(resource, environment)
+
+    def values(self, resource: Any, environment: Mapping[str, Any]) -> list[Any]:
+        """The result as JSON values (see `plain`). The closures return the request's objects
+        unchanged, so only their top-level items need converting; fhirpathpy's copies can hold
+        Decimals anywhere."""
+        result = self(resource, environment)
+        if self.evaluator == "closures":
+            return [item if type(item) in _JSON_ITEMS else plain(item) for item in result]
+        return [plain(item) for item in result]
+
+    def reference(self, resource: Any, environment: Mapping[str, Any]) -> list[Any]:
+        """The same expression evaluated by fhirpathpy's interpreter (for comparisons)."""
+        evaluate = _interpreter(apply_parsed_path, self.tree, R4_MODEL, dict(self._options))
+        return evaluate(resource, dict(environment))
 
 
 def _single(inputs: list[Any]) -> list[Any]:
@@ -94,9 +155,16 @@ CORRECTED_BUILTINS: Mapping[str, Any] = {"single": {"fn": _single, "arity": {0: 
 def compile_expression(
     expression: str, functions: Mapping[str, Any] | None = None
 ) -> CompiledExpression:
-    errors = syntax_errors(expression)
+    tree, errors = parse_strict(expression)
     if errors:
         raise ExpressionError("; ".join(errors))
-    options = {"userInvocationTable": {**CORRECTED_BUILTINS, **(functions or {})}}
-    evaluate = fhirpathpy.compile(expression, R4_MODEL, options)
-    return CompiledExpression(expression, frozenset(referenced_variables(expression)), evaluate)
+    table = {**CORRECTED_BUILTINS, **(functions or {})}
+    options = {"userInvocationTable": table}
+    evaluator = "closures"
+    try:
+        evaluate = compile_closures(tree, R4_MODEL, table)
+    except Unsupported:
+        evaluator = "fhirpathpy"
+        evaluate = _interpreter(apply_parsed_path, tree, R4_MODEL, options)
+    variables = frozenset(referenced_variables(expression))
+    return CompiledExpression(expression, variables, evaluate, tree, evaluator, options)

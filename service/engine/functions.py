@@ -358,13 +358,17 @@ def _not_a_resource(item: Mapping[str, Any], name: str, expected: str) -> None:
 # Static check
 
 
-def check_expression(text: str, terminology: Terminology, units: UnitTable) -> list[str]:
+def check_expression(
+    expression: str | Mapping[str, Any], terminology: Terminology, units: UnitTable
+) -> list[str]:
     """Problems an author can fix before any patient data arrives; empty when none is found.
+    `expression`: the text, or its parse tree (`CompiledExpression.tree`).
 
     Syntax errors are not reported here (fhirpathpy's parser recovers silently; the strict parse
     in `fhirpath.py` reports them)."""
     problems: list[str] = []
-    for name, params in _calls(_parse(text)):
+    tree = _parse(expression) if isinstance(expression, str) else expression
+    for name, params in _calls(tree):
         spec = SIGNATURES.get(name)
         builtin = _BUILTINS.get(name)
         if spec is None:

@@ -170,8 +170,8 @@ def load_knowledge(
                 file,
                 problems,
                 functions=knowledge.functions,
-                static_check=lambda text: check_expression(
-                    text, knowledge.terminology, knowledge.units
+                static_check=lambda tree: check_expression(
+                    tree, knowledge.terminology, knowledge.units
                 ),
                 settings=parameters or {},
             ).compile(resource)
@@ -313,7 +313,7 @@ def _register(
         knowledge.files[key] = file
 
 
-def _no_static_problems(_: str) -> list[str]:
+def _no_static_problems(_: Mapping[str, Any]) -> list[str]:
     return []
 
 
@@ -323,7 +323,7 @@ class _PlanCompiler:
     file: Path
     problems: list[Problem]
     functions: Mapping[str, Any] = field(default_factory=dict)
-    static_check: Callable[[str], list[str]] = _no_static_problems
+    static_check: Callable[[Mapping[str, Any]], list[str]] = _no_static_problems
     settings: Mapping[str, Any] = field(default_factory=dict)
     activities: dict[str, Activity] = field(default_factory=dict)
     resource_types: set[str] = field(default_factory=set)
@@ -590,7 +590,7 @@ class _PlanCompiler:
         except ExpressionError as error:
             self._problem(path, f"FHIRPath does not compile: {error}")
             return None
-        for reason in self.static_check(text):
+        for reason in self.static_check(compiled.tree):
             self._problem(path, reason)
         free = compiled.variables - scope - BUILTIN_VARIABLES
         types = {name for name in free if _is_resource_type(name)}
