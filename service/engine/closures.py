@@ -37,6 +37,7 @@ the caller evaluates that expression with fhirpathpy instead.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -289,10 +290,24 @@ class _Compiler:
         entry = self.registry.get(name)
         if entry is None or "fn" not in entry:
             raise Unsupported(f"operator {name}")
-        left_type, right_type = entry["arity"][2]
         operands = [self.node(child) for child in node["children"]]
-        left = self._param(left_type, operands[0])
-        right = self._param(right_type, operands[1])
+        if name in _LOGIC:
+            run = _logic(name, operands[0], operands[1])
+        else:
+            run = self._infix(name, entry, operands[0], operands[1])
+        if all(isinstance(operand, _Constant) for operand in operands):
+            # `status in ('final' | 'amended')`: the union is the same on every evaluation.
+            try:
+                return _Constant(run([], Scope({}, None, [], None, {})))
+            except Exception:  # fhirpathpy raises many types; the error is the evaluation's
+                return run
+        return run
+
+    def _infix(self, name: str, entry: Mapping[str, Any], first: Step, second: Step) -> Step:
+        """An operator whose operands are evaluated on its input, as fhirpathpy's infix_invoke
+        does, then handed to its function (or a faster equivalent)."""
+        left_type, right_type = entry["arity"][2]
+        left, right = self._param(left_type, first), self._param(right_type, second)
         function = _FASTER.get(name, entry["fn"])
         nullable = "nullable" in entry
 
@@ -303,12 +318,6 @@ class _Compiler:
                 return []
             return _arraify(function(scope.ctx, a, b))
 
-        if all(isinstance(operand, _Constant) for operand in operands):
-            # `status in ('final' | 'amended')`: the union is the same on every evaluation.
-            try:
-                return _Constant(run([], Scope({}, None, [], None, {})))
-            except Exception:  # fhirpathpy raises many types; the error is the evaluation's
-                return run
         return run
 
     _AdditiveExpression = _operator
@@ -493,6 +502,43 @@ class _Constant:
         return list(self.value)
 
 
+_LOGIC = frozenset({"and", "or"})
+
+
+def _logic(name: str, first: Step, second: Step) -> Step:
+    """`and` and `or` with FHIRPath's three-valued logic, as fhirpathpy's and_op and or_op; the
+    right operand is not evaluated when the left one decides (`false and x`, `true or x`), which
+    FHIRPath allows and which saves whole plan variables."""
+    decisive = name == "or"  # true decides `or`, false decides `and`
+
+    def run(focus: Items, scope: Scope) -> Items:
+        inner = scope.focused(focus) if focus is not scope.this else scope
+        a = _boolean(first(focus, inner))
+        if a is decisive:
+            return [a]
+        b = _boolean(second(focus, inner))
+        if b is decisive:
+            return [b]
+        if a == [] or b == []:
+            return []
+        return [not decisive]
+
+    return run
+
+
+def _boolean(items: Items) -> bool | Items:
+    """An operand of `and`/`or`: true, false or empty; anything else is an error, as in fhirpathpy
+    (its Boolean parameter check)."""
+    if not items:
+        return []
+    if len(items) > 1:
+        raise ValueError("Unexpected collection; expected singleton of type Boolean")
+    item = items[0]
+    if item is True or item is False:
+        return item
+    raise ValueError(f"Expected boolean, got: {item!r}")
+
+
 def _union(ctx: Any, a: Items, b: Items) -> Items:
     """fhirpathpy's `|` (distinct_fn over both), faster for what unions mostly hold: strings, and
     resources (keyed by their sorted JSON, as fhirpathpy's uniq keys them)."""
@@ -510,7 +556,67 @@ def _union(ctx: Any, a: Items, b: Items) -> Items:
 
 
 _distinct: Callable[[Any, Items], Items] = distinct_fn
-_FASTER: Mapping[str, Callable[..., Any]] = {"|": _union}
+
+# Singletons of these types are compared by fhirpathpy as Python compares them (after reading a
+# float as a Decimal); anything else (its date and quantity types, collections) goes to it.
+_PLAIN = frozenset({str, int, bool, Decimal, float})
+_NUMBERS = frozenset({int, Decimal})
+
+
+def _faster(
+    name: str, fast: Callable[[Any, Any], Any], floats_as_decimals: bool = True
+) -> Callable[[Any, Items, Items], Any]:
+    """fhirpathpy's operator `name`, with `fast(x, y)` for two plain singletons that fhirpathpy
+    would compare or add with Python's own operator. Its comparisons and arithmetic read a float
+    as a Decimal first; its equality compares them as they are."""
+    slow = _REGISTRY[name]["fn"]
+
+    def run(ctx: Any, a: Items, b: Items) -> Any:
+        if len(a) == 1 and len(b) == 1:
+            x, y = a[0], b[0]
+            kind, other = type(x), type(y)
+            if kind in _PLAIN and other in _PLAIN:
+                if floats_as_decimals and kind is float:
+                    x, kind = Decimal(str(x)), Decimal
+                if floats_as_decimals and other is float:
+                    y, other = Decimal(str(y)), Decimal
+                if kind is other or (kind in _NUMBERS and other in _NUMBERS):
+                    return fast(x, y)
+        return slow(ctx, a, b)
+
+    return run
+
+
+def _plus(x: Any, y: Any) -> Any:
+    if type(x) is bool:  # fhirpathpy adds neither booleans nor a boolean to a number
+        raise ValueError(f"Cannot {[x]} + {[y]}")
+    return x + y
+
+
+def _in(ctx: Any, a: Items, b: Items) -> Any:
+    """fhirpathpy's `in` (collections.inn)."""
+    if not a:
+        return []
+    if not b:
+        return False
+    if len(a) > 1:
+        raise ValueError(f"Expected singleton on right side of in, got {b}")
+    item = a[0]
+    return any(candidate == item for candidate in b)
+
+
+_REGISTRY: Mapping[str, Any] = invocation_registry
+_FASTER: Mapping[str, Callable[..., Any]] = {
+    "|": _union,
+    "inOp": _in,
+    "=": _faster("=", operator.eq, floats_as_decimals=False),
+    "!=": _faster("!=", operator.ne, floats_as_decimals=False),
+    "<": _faster("<", operator.lt),
+    ">": _faster(">", operator.gt),
+    "<=": _faster("<=", operator.le),
+    ">=": _faster(">=", operator.ge),
+    "+": _faster("+", _plus),
+}
 
 
 def _arguments(name: str, params: list[Step], count: int) -> list[Step]:
