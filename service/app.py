@@ -17,6 +17,7 @@ from service.auth.authenticator import Authenticator
 from service.cdshooks.routes import admin as admin_router
 from service.cdshooks.routes import router as cds_router
 from service.engine.catalogue import load_catalogue
+from service.engine.knowledge_cache import KnowledgeCache
 from service.errors import install_error_handlers, outcome_response
 from service.feedback.store import FeedbackStore
 from service.fhir.fetch import FhirFetcher
@@ -39,7 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        catalogue = load_catalogue(settings.all_knowledge_dirs, settings.parameters)
+        cache = KnowledgeCache.open(settings.cache_dir)
+        catalogue = load_catalogue(settings.all_knowledge_dirs, settings.parameters, cache)
+        cache.save()
         store = await FeedbackStore.open(
             settings.resolved_database_url, migrate=settings.auto_migrate
         )

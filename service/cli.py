@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.engine.catalogue import load_catalogue
+from service.engine.knowledge_cache import KnowledgeCache
 from service.engine.problems import KnowledgeError
 from service.settings import Settings, bundled_knowledge_dirs, data_root
 
@@ -93,9 +94,11 @@ async def _load_scenarios(fhir_server: str, token: str | None, path: Path, today
     return 0
 
 
-def _validate(dirs: Sequence[Path], parameters: Mapping[str, Any]) -> int:
+def _validate(
+    dirs: Sequence[Path], parameters: Mapping[str, Any], cache: KnowledgeCache | None = None
+) -> int:
     try:
-        catalogue = load_catalogue(dirs, parameters)
+        catalogue = load_catalogue(dirs, parameters, cache)
     except KnowledgeError as error:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
@@ -160,9 +163,12 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
     from service.ops.logging import configure_logging, logging_config
 
     configure_logging(settings.log_level)
-    # Fail here, with the full report, rather than once per worker.
-    if _validate(settings.all_knowledge_dirs, settings.parameters) != 0:
+    # Fail here, with the full report, rather than once per worker; the workers then find the
+    # knowledge cached.
+    cache = KnowledgeCache.open(settings.cache_dir)
+    if _validate(settings.all_knowledge_dirs, settings.parameters, cache) != 0:
         return 1
+    cache.save()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if workers > 1:
         _share_metrics(settings.data_dir / "metrics")

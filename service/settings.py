@@ -138,6 +138,11 @@ class Settings(BaseSettings):
         return [*self.knowledge_dirs, *self.extra_knowledge_dirs]
 
     @property
+    def cache_dir(self) -> Path:
+        """What loading the knowledge computed, kept between starts (engine/knowledge_cache.py)."""
+        return self.data_dir / "cache"
+
+    @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

@@ -16,6 +16,7 @@ from service.engine.knowledge import (
     filter_codes,
     load_knowledge,
 )
+from service.engine.knowledge_cache import KnowledgeCache
 from service.engine.problems import KnowledgeError, Problem
 
 QUERY_PATTERN_EXTENSION = "http://hl7.org/fhir/StructureDefinition/cqf-fhirQueryPattern"
@@ -85,9 +86,11 @@ class Catalogue:
 
 
 def load_catalogue(
-    directories: Iterable[Path], parameters: Mapping[str, Any] | None = None
+    directories: Iterable[Path],
+    parameters: Mapping[str, Any] | None = None,
+    cache: KnowledgeCache | None = None,
 ) -> Catalogue:
-    knowledge = load_knowledge(directories, parameters)
+    knowledge = load_knowledge(directories, parameters, cache)
     problems: list[Problem] = []
     services: dict[str, CdsService] = {}
     for plan in knowledge.plans:

@@ -115,7 +115,7 @@ _UCUM = "http://unitsofmeasure.org"
 
 
 def compile_closures(
-    tree: Mapping[str, Any], model: Mapping[str, Any], functions: Mapping[str, Any]
+    tree: Mapping[str, Any], model: Model, functions: Mapping[str, Any]
 ) -> Evaluator:
     """An evaluator of fhirpathpy's parse tree (`fhirpathpy.parser.parse`) with fhirpathpy's
     calling convention: `(resource, variables) -> items`. `functions` is the user invocation
@@ -132,15 +132,29 @@ def compile_closures(
     return evaluate
 
 
-class _Compiler:
-    def __init__(self, model: Mapping[str, Any], functions: Mapping[str, Any]) -> None:
+class Model:
+    """fhirpathpy's model of a FHIR version, with what navigation needs from it: element name ->
+    the type suffixes it takes as a choice element anywhere in the model, in the model's order
+    (`value` -> Quantity, CodeableConcept, String...)."""
+
+    def __init__(self, model: Mapping[str, Any]) -> None:
         self.model = model
+        suffixes: dict[str, dict[str, None]] = {}
+        for path, types in model.get("choiceTypePaths", {}).items():
+            name = path.rsplit(".", 1)[-1]
+            suffixes.setdefault(name, {}).update(dict.fromkeys(types))
+        self.choices = {name: tuple(found) for name, found in suffixes.items()}
+
+
+class _Compiler:
+    def __init__(self, model: Model, functions: Mapping[str, Any]) -> None:
+        self.model = model.model
         self.user = set(functions)
         self.registry: dict[str, Any] = {**invocation_registry, **_user_functions(functions)}
         # Called without fhirpathpy's wrapper, which converts float inputs to Decimal: the
         # engine's functions treat the two alike.
         self.direct = {name: entry["fn"] for name, entry in functions.items()}
-        self.choices = _choice_suffixes(model)
+        self.choices = model.choices
 
     def node(self, node: Node) -> Step:
         kind = node["type"]
@@ -639,13 +653,3 @@ def _nullable(value: Any) -> bool:
 def _extension_stand_in(item: Any) -> bool:
     """fhirpathpy's stand-in for a primitive's extension (`_effectiveDateTime`) is not a value."""
     return isinstance(item, Mapping) and list(item) == ["extension"]
-
-
-def _choice_suffixes(model: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
-    """Element name -> the type suffixes it takes as a choice element anywhere in the model, in
-    the model's order (`value` -> Quantity, CodeableConcept, String...)."""
-    suffixes: dict[str, dict[str, None]] = {}
-    for path, types in model.get("choiceTypePaths", {}).items():
-        name = path.rsplit(".", 1)[-1]
-        suffixes.setdefault(name, {}).update(dict.fromkeys(types))
-    return {name: tuple(found) for name, found in suffixes.items()}

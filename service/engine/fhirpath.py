@@ -27,9 +27,11 @@ from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
-from service.engine.closures import Unsupported, compile_closures
+from service.engine.closures import Model, Unsupported, compile_closures
+from service.engine.knowledge_cache import KnowledgeCache
 
 R4_MODEL: dict[str, Any] = models["r4"]
+_R4 = Model(R4_MODEL)
 
 Evaluator = Callable[[Any, Mapping[str, Any]], list[Any]]
 # fhirpathpy is untyped; these annotations are what this module relies on.
@@ -153,16 +155,21 @@ CORRECTED_BUILTINS: Mapping[str, Any] = {"single": {"fn": _single, "arity": {0: 
 
 
 def compile_expression(
-    expression: str, functions: Mapping[str, Any] | None = None
+    expression: str, functions: Mapping[str, Any] | None = None, cache: KnowledgeCache | None = None
 ) -> CompiledExpression:
-    tree, errors = parse_strict(expression)
-    if errors:
-        raise ExpressionError("; ".join(errors))
+    """`cache`: parse trees from earlier starts (knowledge_cache.py), and where new ones go."""
+    tree = cache.tree(expression) if cache is not None else None
+    if tree is None:
+        tree, errors = parse_strict(expression)
+        if errors:
+            raise ExpressionError("; ".join(errors))
+        if cache is not None:
+            cache.add_tree(expression, tree)
     table = {**CORRECTED_BUILTINS, **(functions or {})}
     options = {"userInvocationTable": table}
     evaluator = "closures"
     try:
-        evaluate = compile_closures(tree, R4_MODEL, table)
+        evaluate = compile_closures(tree, _R4, table)
     except Unsupported:
         evaluator = "fhirpathpy"
         evaluate = _interpreter(apply_parsed_path, tree, R4_MODEL, options)

@@ -23,6 +23,7 @@ from service.engine.fhirpath import (
     compile_expression,
 )
 from service.engine.functions import check_expression, engine_functions
+from service.engine.knowledge_cache import KnowledgeCache
 from service.engine.problems import KnowledgeError, Problem
 from service.engine.retrieve import Retrieve
 from service.engine.terminology import Terminology
@@ -146,16 +147,20 @@ class Knowledge:
 
 
 def load_knowledge(
-    directories: Iterable[Path], parameters: Mapping[str, Any] | None = None
+    directories: Iterable[Path],
+    parameters: Mapping[str, Any] | None = None,
+    cache: KnowledgeCache | None = None,
 ) -> Knowledge:
     """Load, validate and compile; `parameters` are the deployment's values for the parameters
-    the knowledge declares (an unknown name or a wrong type is a problem too)."""
+    the knowledge declares (an unknown name or a wrong type is a problem too). `cache` holds
+    what earlier starts computed (parse trees, resources validated) and takes what this one
+    computes."""
     problems: list[Problem] = []
     knowledge = Knowledge()
     directories = list(directories)
     documents = list(_read_documents(directories, problems))
     for file, resource in documents:
-        _register(knowledge, file, resource, problems)
+        _register(knowledge, file, resource, problems, cache)
     # Terminology and units first: the engine functions compiled into expressions use them.
     knowledge.terminology = Terminology.from_knowledge(knowledge)
     for canonical, reason in knowledge.terminology.problems():
@@ -170,6 +175,7 @@ def load_knowledge(
                 file,
                 problems,
                 functions=knowledge.functions,
+                cache=cache,
                 static_check=lambda tree: check_expression(
                     tree, knowledge.terminology, knowledge.units
                 ),
@@ -283,16 +289,23 @@ def _resources_in(
 
 
 def _register(
-    knowledge: Knowledge, file: Path, resource: dict[str, Any], problems: list[Problem]
+    knowledge: Knowledge,
+    file: Path,
+    resource: dict[str, Any],
+    problems: list[Problem],
+    cache: KnowledgeCache | None,
 ) -> None:
     resource_type = resource["resourceType"]
-    try:
-        get_fhir_model_class(resource_type).model_validate(resource)
-    except ValidationError as error:
-        for detail in error.errors():
-            where = ".".join(str(part) for part in (resource_type, *detail["loc"]))
-            problems.append(Problem(file, where, detail["msg"]))
-        return
+    if cache is None or not cache.was_validated(resource):
+        try:
+            get_fhir_model_class(resource_type).model_validate(resource)
+        except ValidationError as error:
+            for detail in error.errors():
+                where = ".".join(str(part) for part in (resource_type, *detail["loc"]))
+                problems.append(Problem(file, where, detail["msg"]))
+            return
+        if cache is not None:
+            cache.add_validated(resource)
     url = resource.get("url")
     if not url:
         if resource_type != "PlanDefinition":
@@ -323,6 +336,7 @@ class _PlanCompiler:
     file: Path
     problems: list[Problem]
     functions: Mapping[str, Any] = field(default_factory=dict)
+    cache: KnowledgeCache | None = None
     static_check: Callable[[Mapping[str, Any]], list[str]] = _no_static_problems
     settings: Mapping[str, Any] = field(default_factory=dict)
     activities: dict[str, Activity] = field(default_factory=dict)
@@ -586,7 +600,7 @@ class _PlanCompiler:
             self._problem(path, "expression text is missing")
             return None
         try:
-            compiled = compile_expression(text, self.functions)
+            compiled = compile_expression(text, self.functions, self.cache)
         except ExpressionError as error:
             self._problem(path, f"FHIRPath does not compile: {error}")
             return None
