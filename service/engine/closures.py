@@ -321,18 +321,28 @@ class _Compiler:
         """An operator whose operands are evaluated on its input, as fhirpathpy's infix_invoke
         does, then handed to its function (or a faster equivalent)."""
         left_type, right_type = entry["arity"][2]
-        left, right = self._param(left_type, first), self._param(right_type, second)
         function = _FASTER.get(name, entry["fn"])
         nullable = "nullable" in entry
+        if left_type == right_type == "Any":  # all but the boolean operators: no conversion
 
-        def run(focus: Items, scope: Scope) -> Items:
+            def run(focus: Items, scope: Scope) -> Items:
+                inner = scope.focused(focus) if focus is not scope.this else scope
+                a, b = first(focus, inner), second(focus, inner)
+                if nullable and (not a or not b):
+                    return []
+                return _arraify(function(scope.ctx, a, b))
+
+            return run
+        left, right = self._param(left_type, first), self._param(right_type, second)
+
+        def run_typed(focus: Items, scope: Scope) -> Items:
             inner = scope.focused(focus) if focus is not scope.this else scope
             a, b = left(inner), right(inner)
             if nullable and (_nullable(a) or _nullable(b)):
                 return []
             return _arraify(function(scope.ctx, a, b))
 
-        return run
+        return run_typed
 
     _AdditiveExpression = _operator
     _MultiplicativeExpression = _operator
@@ -375,11 +385,26 @@ class _Compiler:
             self._param(kind, self.node(param)) for kind, param in zip(kinds, params, strict=True)
         ]
         direct = self.direct.get(name)
-        function = entry["fn"] if direct is None else lambda ctx, focus, *args: direct(focus, *args)
         nullable_input = "nullable_input" in entry
         # fhirpathpy applies `nullable` (any empty argument or input -> empty) only to functions
         # that declare their arguments.
         nullable = "nullable" in entry and "arity" in entry
+        if direct is not None and len(evaluators) <= 1:
+            # The engine's own functions, called as they are written (most take one argument).
+            argument = evaluators[0] if evaluators else None
+
+            def run_direct(focus: Items, scope: Scope) -> Items:
+                if (nullable_input or nullable) and not focus:
+                    return []
+                if argument is None:
+                    return _arraify(direct(focus))
+                value = argument(scope)
+                if nullable and _nullable(value):
+                    return []
+                return _arraify(direct(focus, value))
+
+            return run_direct
+        function = entry["fn"] if direct is None else lambda ctx, focus, *args: direct(focus, *args)
 
         def run(focus: Items, scope: Scope) -> Items:
             if nullable_input and not focus:
