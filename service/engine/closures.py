@@ -7,18 +7,22 @@ element). The RPL workup evaluates about 120 expressions per hook call, and inte
 about 90% of the call (issue 6: 20 of 22 ms). Here fhirpathpy's parse tree is walked once, at
 load, into nested closures; evaluation runs only the operations.
 
-What stays fhirpathpy's: the parser, the literals, and the operator and function library. `=`,
-`<`, `+`, `|`, `in`, `and`, `substring`, `toDate`, `join`, ... are fhirpathpy's own functions,
-called with the arguments its interpreter would pass them (parameters type-checked the same way,
-empty propagation by the same `nullable` flags). Implemented here: the tree walk, navigation,
-`%variables`, `$this` and `$total`, and the functions that take expressions (`where`, `select`,
-`exists`, `iif`, `aggregate`) or are too trivial to call through the registry (`empty`, `not`,
-`first`, `count`).
+What stays fhirpathpy's: the parser, the literals, and the operator and function library.
+`substring`, `toDate`, `join`, `&`, `-`, ... are fhirpathpy's own functions, called with the
+arguments its interpreter would pass them (parameters type-checked the same way, empty
+propagation by the same `nullable` flags); `=`, `!=`, `<`, `>`, `<=`, `>=`, `+` compute two plain
+singletons (strings, numbers, booleans) here as fhirpathpy would and hand anything else to it.
+Implemented here: the tree walk, navigation, `%variables`, `$this` and `$total`, `|` and `in`,
+`and` and `or`, and the functions that take expressions (`where`, `select`, `exists`, `iif`,
+`aggregate`) or are too trivial to call through the registry (`empty`, `not`, `first`, `count`).
+The engine's own functions (functions.py) are called directly.
 
 Values are the plain JSON of the request (fhirpathpy wraps each navigated element with its FHIR
 type path). Where that or fhirpathpy's interpreter gives a different answer, this module follows
 the FHIRPath specification, and tests/test_fhirpath_closures.py compares both evaluators on every
 expression of the bundled knowledge over all scenarios:
+- `x and y` does not evaluate `y` when `x` is false, nor `x or y` when `x` is true (FHIRPath
+  allows either); fhirpathpy evaluates both, so an error on the right side fails it.
 - `$this` is lexically scoped. fhirpathpy keeps the last item a `where` looked at as `$this` for
   the rest of the evaluation, so a later function argument is evaluated against it.
 - `where(criteria)` keeps an item when the criteria give `true`; fhirpathpy keeps it when they

@@ -81,10 +81,6 @@ def parse_strict(expression: str) -> tuple[dict[str, Any], list[str]]:
     return builder.parentStack[0], []
 
 
-def syntax_errors(expression: str) -> list[str]:
-    return parse_strict(expression)[1]
-
-
 def referenced_variables(expression: str) -> set[str]:
     return set(_VARIABLE.findall(_STRINGS.sub("''", expression)))
 
