@@ -27,13 +27,12 @@ from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
-from service.engine.closures import Model, Unsupported, compile_closures
+from service.engine.closures import Evaluator, Model, Unsupported, compile_closures
 from service.engine.knowledge_cache import KnowledgeCache
 
 R4_MODEL: dict[str, Any] = models["r4"]
 _R4 = Model(R4_MODEL)
 
-Evaluator = Callable[[Any, Mapping[str, Any]], list[Any]]
 # fhirpathpy is untyped; these annotations are what this module relies on.
 _ast_builder: Callable[[], Any] = ASTPathListener
 _interpreter: Callable[..., Evaluator] = util.set_paths
