@@ -21,6 +21,7 @@ from service.auth.replay import ReplayCache
 from service.feedback.database import SQLITE_BUSY_TIMEOUT_MS
 from service.feedback.migrate import head_revision, upgrade
 from service.feedback.records import FeedbackEntry, IssuedCard, TopicSummary
+from service.feedback.revision import HEAD_REVISION
 from service.feedback.store import UNMATCHED_TOPIC, FeedbackStore
 from service.feedback.tables import feedback, metadata
 
@@ -137,6 +138,8 @@ async def test_migrations_create_the_schema_at_head(empty_url: str) -> None:
     store = await FeedbackStore.open(empty_url)
     try:
         assert head_revision() == "0001"
+        # What serving processes compare with, without loading Alembic.
+        assert head_revision() == HEAD_REVISION
         assert await store.migration_revision() == head_revision()
 
         def inspect(connection: sa.Connection) -> tuple[set[str], list[object]]:

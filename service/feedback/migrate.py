@@ -1,7 +1,7 @@
 """Alembic, configured in code so that migrations run from an installed wheel (no alembic.ini).
 
-`upgrade` is for the command line, run once before several worker processes start with
-`migrate=False`; `FeedbackStore.open` uses `upgrade_engine` on its own engine.
+`upgrade` is for tests and tools; the service goes through `service.feedback.revision`, which
+imports this module only when the database is behind.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -43,11 +42,6 @@ async def upgrade_engine(engine: AsyncEngine, revision: str = "head") -> None:
         await connection.run_sync(_upgrade_on, revision)
 
 
-async def current_revision(engine: AsyncEngine) -> str | None:
-    async with engine.connect() as connection:
-        return await connection.run_sync(_current_revision_on)
-
-
 def upgrade(database_url: str) -> None:
     """Bring the database at `database_url` to the newest schema. Synchronous, for the CLI."""
     asyncio.run(_upgrade_url(database_url))
@@ -65,14 +59,9 @@ def _upgrade_on(connection: Connection, revision: str) -> None:
     command.upgrade(alembic_config(connection), revision)
 
 
-def _current_revision_on(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
-
-
 __all__ = [
     "MIGRATIONS_DIR",
     "alembic_config",
-    "current_revision",
     "head_revision",
     "upgrade",
     "upgrade_engine",

@@ -15,8 +15,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.feedback.database import create_engine
-from service.feedback.migrate import current_revision, upgrade_engine
 from service.feedback.records import FeedbackEntry, IssuedCard, TopicSummary
+from service.feedback.revision import current_revision, migrate_if_behind
 from service.feedback.tables import (
     KEY_LENGTH,
     OUTCOMES,
@@ -58,7 +58,7 @@ class FeedbackStore:
         engine = create_engine(database_url)
         if migrate:
             try:
-                await upgrade_engine(engine)
+                await migrate_if_behind(engine)
             except BaseException:
                 await engine.dispose()
                 raise
