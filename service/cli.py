@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.engine.catalogue import load_catalogue
+from service.engine.catalogue import Catalogue, load_catalogue
 from service.engine.knowledge_cache import KnowledgeCache
 from service.engine.problems import KnowledgeError
 from service.settings import Settings, bundled_knowledge_dirs, data_root
@@ -94,20 +94,27 @@ async def _load_scenarios(fhir_server: str, token: str | None, path: Path, today
     return 0
 
 
-def _validate(
-    dirs: Sequence[Path], parameters: Mapping[str, Any], cache: KnowledgeCache | None = None
-) -> int:
-    try:
-        catalogue = load_catalogue(dirs, parameters, cache)
-    except KnowledgeError as error:
-        for problem in error.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        print(f"{len(error.problems)} problem(s) found", file=sys.stderr)
+def _validate(dirs: Sequence[Path], parameters: Mapping[str, Any]) -> int:
+    catalogue = _load_reporting(dirs, parameters, None)
+    if catalogue is None:
         return 1
     for service in catalogue.services.values():
         print(f"ok: service {service.id} ({service.hook}) from {service.plan.file}")
     print(f"{len(catalogue.services)} service(s), no problems")
     return 0
+
+
+def _load_reporting(
+    dirs: Sequence[Path], parameters: Mapping[str, Any], cache: KnowledgeCache | None
+) -> Catalogue | None:
+    """The catalogue, or None after printing every problem found."""
+    try:
+        return load_catalogue(dirs, parameters, cache)
+    except KnowledgeError as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"{len(error.problems)} problem(s) found", file=sys.stderr)
+        return None
 
 
 def _render_clinical_logic(dirs: Sequence[Path], output: Path | None, *, check: bool) -> int:
@@ -158,27 +165,36 @@ def _shown(path: Path, root: Path) -> str:
 
 def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
     import uvicorn
+    from fastapi import FastAPI
 
-    from service.feedback.migrate import upgrade
+    from service.app import create_app
+    from service.feedback.revision import migrate_database
     from service.ops.logging import configure_logging, logging_config
 
     configure_logging(settings.log_level)
     # Fail here, with the full report, rather than once per worker; the workers then find the
     # knowledge cached.
     cache = KnowledgeCache.open(settings.cache_dir)
-    if _validate(settings.all_knowledge_dirs, settings.parameters, cache) != 0:
+    catalogue = _load_reporting(settings.all_knowledge_dirs, settings.parameters, cache)
+    if catalogue is None:
         return 1
     cache.save()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if workers > 1:
         _share_metrics(settings.data_dir / "metrics")
     if settings.auto_migrate:
-        upgrade(settings.resolved_database_url)
+        migrate_database(settings.resolved_database_url)
         # Migrated once here, so that workers starting together do not race to migrate.
         os.environ["RPL_CDS_AUTO_MIGRATE"] = "false"
+        settings = settings.model_copy(update={"auto_migrate": False})
+    # One worker runs in this process: it serves the catalogue just loaded. Several are spawned
+    # processes that build their own app (from the cache).
+    app: FastAPI | str = (
+        create_app(settings, catalogue) if workers == 1 else "service.app:create_app"
+    )
     uvicorn.run(
-        "service.app:create_app",
-        factory=True,
+        app,
+        factory=workers > 1,
         host=host,
         port=port,
         workers=workers,

@@ -30,6 +30,7 @@ class Runtime:
     fetcher: FhirFetcher
 
 
-def get_runtime(request: Request) -> Runtime:
+# async: a plain function dependency would be run in the thread pool, a thread hop per request.
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime

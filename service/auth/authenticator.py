@@ -8,7 +8,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, NoReturn
 
@@ -16,6 +15,7 @@ import httpx
 import jwt
 from jwt import PyJWK
 
+from service.auth.identity import ClientIdentity
 from service.auth.jwks import JwksCache
 from service.auth.replay import ReplayCache
 from service.errors import ServiceError
@@ -32,16 +32,6 @@ MAX_JTI_CHARS: Final = 255
 _LOG_VALUE_CHARS: Final = 120
 
 _REQUIRED_CLAIMS: Final = ["iss", "aud", "exp", "iat", "jti"]
-
-
-@dataclass(frozen=True)
-class ClientIdentity:
-    """The authenticated CDS client behind one call."""
-
-    issuer: str
-    jti: str
-    subject: str | None = None  # Epic sends sub = its CDS Hooks client id; tolerated, not required
-    tenant: str | None = None
 
 
 class _Rejected(Exception):

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.auth.authenticator import ClientIdentity
+from service.auth.identity import ClientIdentity
 from service.errors import ServiceError
 from service.ops.timing import timer_of
 from service.runtime import Runtime, get_runtime

@@ -33,6 +33,18 @@ from service.engine.knowledge_cache import KnowledgeCache
 R4_MODEL: dict[str, Any] = models["r4"]
 _R4 = Model(R4_MODEL)
 
+
+def _resource_types(parents: Mapping[str, str | None]) -> frozenset[str]:
+    def is_resource(name: str | None) -> bool:
+        while name is not None and name != "Resource":
+            name = parents.get(name)
+        return name == "Resource"
+
+    return frozenset(name for name in parents if name != "Resource" and is_resource(name))
+
+
+RESOURCE_TYPES = _resource_types(R4_MODEL["type2Parent"])
+
 # fhirpathpy is untyped; these annotations are what this module relies on.
 _ast_builder: Callable[[], Any] = ASTPathListener
 _interpreter: Callable[..., Evaluator] = util.set_paths

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from service.engine.fhirpath import (
     BUILTIN_VARIABLES,
+    RESOURCE_TYPES,
     CompiledExpression,
     ExpressionError,
     compile_expression,
@@ -297,6 +297,10 @@ def _register(
 ) -> None:
     resource_type = resource["resourceType"]
     if cache is None or not cache.was_validated(resource):
+        # Imported here: with the cache warm, a serving process never validates, and the models
+        # cost about 13 MB a process.
+        from fhir.resources.R4B import get_fhir_model_class
+
         try:
             get_fhir_model_class(resource_type).model_validate(resource)
         except ValidationError as error:
@@ -607,7 +611,8 @@ class _PlanCompiler:
         for reason in self.static_check(compiled.tree):
             self._problem(path, reason)
         free = compiled.variables - scope - BUILTIN_VARIABLES
-        types = {name for name in free if _is_resource_type(name)}
+        # Collections of the patient's resources are offered as %Condition, %Observation, ...
+        types = free & RESOURCE_TYPES
         self.resource_types.update(types)
         undefined = sorted(free - types)
         if undefined:
@@ -642,14 +647,3 @@ def _topic_code(action: dict[str, Any]) -> str | None:
             if coding.get("code"):
                 return str(coding["code"])
     return None
-
-
-def _is_resource_type(name: str) -> bool:
-    # Collections of the patient's resources are offered as %Condition, %Observation, ...
-    if not name[:1].isupper():
-        return False
-    try:
-        get_fhir_model_class(name)
-    except ValueError:
-        return False
-    return True
