@@ -1,4 +1,5 @@
-"""The FastAPI application: `create_app(settings)` builds one, `uvicorn --factory` serves it."""
+"""The FastAPI application: `create_app(settings)` builds one; `rpl-cds serve` serves it, tuned
+with `serving`, in its own process or through `create_worker_app` in each worker process."""
 
 from __future__ import annotations
 
@@ -18,13 +19,14 @@ from service.cdshooks.routes import router as cds_router
 from service.engine.catalogue import Catalogue, load_catalogue
 from service.engine.knowledge_cache import KnowledgeCache
 from service.errors import install_error_handlers, outcome_response
+from service.feedback.issued_writer import IssuedCardWriter
 from service.feedback.store import FeedbackStore
 from service.fhir.fetch import FhirFetcher
 from service.fhirops.routes import router as fhirops_router
-from service.ops.memory import fix_mmap_threshold
 from service.ops.metrics import Metrics
 from service.ops.middleware import CallObserver
 from service.ops.routes import router as ops_router
+from service.ops.serving_process import tune_for_serving
 from service.runtime import Runtime
 from service.settings import Settings, data_root
 
@@ -41,7 +43,6 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        fix_mmap_threshold()
         served = catalogue if catalogue is not None else _load_catalogue(settings)
         store = await FeedbackStore.open(
             settings.resolved_database_url, migrate=settings.auto_migrate
@@ -63,7 +64,10 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
                 "Set RPL_CDS_AUTH_ISSUERS to require signed JWTs from trusted EHRs."
             )
         fetcher = FhirFetcher(http, settings, metrics)
-        app.state.runtime = Runtime(settings, served, store, http, metrics, authenticator, fetcher)
+        issued = IssuedCardWriter(store, metrics.issued_dropped)
+        app.state.runtime = Runtime(
+            settings, served, store, issued, http, metrics, authenticator, fetcher
+        )
         log.info(
             "ready",
             extra={"services": sorted(served.services), "guideline": settings.guideline},
@@ -71,6 +75,7 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
         try:
             yield
         finally:
+            await issued.close()
             await http.aclose()
             await store.close()
 
@@ -106,6 +111,18 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
             max_age=600,
         )
     app.add_middleware(CallObserver, metrics=metrics)
+    return app
+
+
+def create_worker_app() -> FastAPI:
+    """uvicorn's factory in each worker process of `rpl-cds serve --workers N`."""
+    settings = Settings()
+    return serving(create_app(settings, _load_catalogue(settings)))
+
+
+def serving(app: FastAPI) -> FastAPI:
+    """`app`, with this process tuned to serve it until it exits."""
+    tune_for_serving()
     return app
 
 

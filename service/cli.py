@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -20,6 +20,9 @@ from service.engine.catalogue import Catalogue, load_catalogue
 from service.engine.knowledge_cache import KnowledgeCache
 from service.engine.problems import KnowledgeError
 from service.settings import Settings, bundled_knowledge_dirs, data_root
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,9 +168,7 @@ def _shown(path: Path, root: Path) -> str:
 
 def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
     import uvicorn
-    from fastapi import FastAPI
 
-    from service.app import create_app
     from service.feedback.revision import migrate_database
     from service.ops.logging import configure_logging, logging_config
 
@@ -188,10 +189,12 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
         os.environ["RPL_CDS_AUTO_MIGRATE"] = "false"
         settings = settings.model_copy(update={"auto_migrate": False})
     # One worker runs in this process: it serves the catalogue just loaded. Several are spawned
-    # processes that build their own app (from the cache).
-    app: FastAPI | str = (
-        create_app(settings, catalogue) if workers == 1 else "service.app:create_app"
-    )
+    # processes that build their own app (from the cache); this process then needs no app.
+    app: FastAPI | str = "service.app:create_worker_app"
+    if workers == 1:
+        from service.app import create_app, serving
+
+        app = serving(create_app(settings, catalogue))
     uvicorn.run(
         app,
         factory=workers > 1,

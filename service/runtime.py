@@ -16,6 +16,7 @@ from service.settings import Settings
 
 if TYPE_CHECKING:
     from service.auth.authenticator import Authenticator
+    from service.feedback.issued_writer import IssuedCardWriter
     from service.feedback.store import FeedbackStore
 
 
@@ -24,6 +25,7 @@ class Runtime:
     settings: Settings
     catalogue: Catalogue
     store: FeedbackStore
+    issued: IssuedCardWriter
     http: httpx.AsyncClient
     metrics: Metrics
     authenticator: Authenticator | None

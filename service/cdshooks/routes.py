@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, BackgroundTasks, Depends, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
@@ -73,9 +73,7 @@ def _parse_call(service: CdsService, body: Any) -> tuple[HookRequest, HookContex
 
 
 @router.post("/cds-services/{service_id}")
-async def call_service(
-    service_id: str, request: Request, background: BackgroundTasks, runtime: RuntimeDep
-) -> Response:
+async def call_service(service_id: str, request: Request, runtime: RuntimeDep) -> Response:
     service = _service(runtime, service_id, request)
     call, context = _parse_call(service, await read_json(request, runtime.settings.max_body_bytes))
     hook_instance = str(call.hookInstance)
@@ -117,9 +115,8 @@ async def call_service(
     issued = [_issued(card, service.id, hook_instance) for card in cards]
     for card in issued:
         runtime.metrics.cards.labels(service.id, card.topic_code).inc()
-    if issued:
-        # After the response is sent: the clinician does not wait for the bookkeeping.
-        background.add_task(runtime.store.record_issued, issued)
+    # Written in batches, after the response: the clinician does not wait for the bookkeeping.
+    runtime.issued.add(issued)
     if runtime.settings.server_timing:
         response.headers["Server-Timing"] = timer.header()
     return response
@@ -168,6 +165,8 @@ def _entry(service_id: str, item: FeedbackItem) -> FeedbackEntry:
 
 @admin.get("/analytics/feedback")
 async def analytics(runtime: RuntimeDep, service: str | None = None) -> Response:
+    # This worker's cards are counted up to this call; other workers' within their interval.
+    await runtime.issued.flush()
     summaries = await runtime.store.summary(service)
     return _json({"topics": [_summary_json(s) for s in summaries]})
 

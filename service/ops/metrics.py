@@ -41,6 +41,11 @@ class Metrics:
             ["service", "topic"],
             registry=self.registry,
         )
+        self.issued_dropped = Counter(
+            "rpl_cds_issued_card_records_dropped",
+            "Issued cards not recorded for analytics (the database was unavailable too long)",
+            registry=self.registry,
+        )
         self.fhir_fetch = Histogram(
             "rpl_cds_fhir_fetch_duration_seconds",
             "Time of each FHIR query made to the EHR's server",
