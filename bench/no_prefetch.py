@@ -4,7 +4,8 @@ The benchmark patients are loaded into sekmet-fhir (one transaction of PUTs, as
 `rpl-cds load-scenarios` does). Each prefetch query the service would send is first timed alone
 (sequential GETs with the bearer token, following `next` links up to the service's page limit):
 the slowest query's median is the reference the service's whole call is compared with, since the
-service sends its queries concurrently.
+service sends its queries concurrently. All of them are also timed sent together, from one thread
+each, as the service sends them: how long the server takes to answer that, whatever the service.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -29,32 +31,37 @@ USER = "Practitioner/syn-clinician"
 Measure = Callable[[Server, str, Path, int], dict[str, Any]]
 
 
-def time_query(fhir: Any, query: str, repeats: int) -> dict[str, Any]:
-    """Median and spread of one query read alone, as the service reads it."""
+def read_query(fhir: Any, query: str) -> tuple[int, int]:
+    """Read one query as the service does, following `next` links; (resources, pages)."""
     headers = {**fhir.auth_headers, "Accept": "application/fhir+json, application/json"}
+    url: str | None = f"{fhir.base_url}/{query}"
+    resources = pages = 0
+    while url is not None and pages < MAX_PAGES:
+        response = fhir.http.get(url, headers=headers)
+        response.raise_for_status()
+        document = response.json()
+        pages += 1
+        if document.get("resourceType") != "Bundle":
+            return resources + 1, pages
+        resources += len(document.get("entry") or [])
+        url = next(
+            (
+                urljoin(f"{fhir.base_url}/", link["url"])
+                for link in document.get("link") or []
+                if link.get("relation") == "next"
+            ),
+            None,
+        )
+    return resources, pages
+
+
+def time_query(fhir: Any, query: str, repeats: int) -> dict[str, Any]:
+    """Median and spread of one query read alone."""
     durations = []
     resources = pages = 0
     for _ in range(repeats):
         started = time.perf_counter()
-        url: str | None = f"{fhir.base_url}/{query}"
-        resources = pages = 0
-        while url is not None and pages < MAX_PAGES:
-            response = fhir.http.get(url, headers=headers)
-            response.raise_for_status()
-            document = response.json()
-            pages += 1
-            if document.get("resourceType") != "Bundle":
-                resources += 1
-                break
-            resources += len(document.get("entry") or [])
-            url = next(
-                (
-                    urljoin(f"{fhir.base_url}/", link["url"])
-                    for link in document.get("link") or []
-                    if link.get("relation") == "next"
-                ),
-                None,
-            )
+        resources, pages = read_query(fhir, query)
         durations.append((time.perf_counter() - started) * 1000)
     return {
         "p50_ms": statistics.median(durations),
@@ -62,6 +69,17 @@ def time_query(fhir: Any, query: str, repeats: int) -> dict[str, Any]:
         "resources": resources,
         "pages": pages,
     }
+
+
+def time_together(fhir: Any, queries: list[str], repeats: int) -> float:
+    """Median milliseconds until every query is answered, all sent at once."""
+    durations = []
+    with ThreadPoolExecutor(max_workers=len(queries)) as pool:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            list(pool.map(lambda query: read_query(fhir, query), queries))
+            durations.append((time.perf_counter() - started) * 1000)
+    return statistics.median(durations)
 
 
 def run(
@@ -91,12 +109,13 @@ def run(
             results["service_ready_seconds"] = service.ready_seconds
             for spec in patients.specs.values():
                 context = {"patientId": spec.id, "userId": USER}
-                queries = {}
+                queries, rendered = {}, []
                 for key, template in templates.items():
                     try:
-                        queries[key] = time_query(fhir, render(template, context, today), repeats)
+                        rendered.append(render(template, context, today))
                     except Unrenderable:
                         continue
+                    queries[key] = time_query(fhir, rendered[-1], repeats)
                 slowest = max(queries, key=lambda k: queries[k]["p50_ms"])
                 body = no_prefetch_body(services, spec, today, fhir.base_url, fhir.token)
                 body_file = work / f"{body.name}.json"
@@ -110,6 +129,8 @@ def run(
                     "queries": queries,
                     "slowest_query": slowest,
                     "slowest_p50_ms": queries[slowest]["p50_ms"],
+                    "sum_p50_ms": sum(q["p50_ms"] for q in queries.values()),
+                    "together_p50_ms": time_together(fhir, rendered, repeats),
                     "runs": [],
                 }
                 for count in connections:
