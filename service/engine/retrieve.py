@@ -44,10 +44,17 @@ def retrieve_all(
         key = (retrieve.resource_type, retrieve.path)
         if key not in indexes:
             indexes[key] = _index(resources, retrieve.path)
-        index = indexes[key]
-        positions = sorted({p for code in retrieve.codes for p in index.get(code, ())})
+        positions = sorted(_matches(indexes[key], retrieve.codes))
         bound[retrieve.name] = [resources[p] for p in positions]  # in record order
     return bound
+
+
+def _matches(index: dict[Code, list[int]], codes: frozenset[Code]) -> set[int]:
+    # From the smaller side: a ValueSet's closure can hold hundreds of codes, a record's index a
+    # few dozen, and this runs for every retrieve of every request.
+    if len(codes) <= len(index):
+        return {p for code in codes for p in index.get(code, ())}
+    return {p for code, positions in index.items() if code in codes for p in positions}
 
 
 def _index(resources: list[dict[str, Any]], path: str) -> dict[Code, list[int]]:
