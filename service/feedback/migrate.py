@@ -43,7 +43,8 @@ async def upgrade_engine(engine: AsyncEngine, revision: str = "head") -> None:
 
 
 def upgrade(database_url: str) -> None:
-    """Bring the database at `database_url` to the newest schema. Synchronous, for the CLI."""
+    """Bring the database at `database_url` to the newest schema, always through Alembic.
+    Synchronous (it runs its own event loop)."""
     asyncio.run(_upgrade_url(database_url))
 
 
