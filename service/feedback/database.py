@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +68,16 @@ def _configure_sqlite_connection(dbapi_connection: Any, _connection_record: Any)
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
     finally:
         cursor.close()
+
+
+def run_with_engine(database_url: str, work: Callable[[AsyncEngine], Awaitable[None]]) -> None:
+    """`work` on an engine of its own, in an event loop of its own (for the command line)."""
+
+    async def run() -> None:
+        engine = create_engine(database_url)
+        try:
+            await work(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())

@@ -6,7 +6,6 @@ imports this module only when the database is behind.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from alembic import command
@@ -15,7 +14,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.feedback.database import create_engine
+from service.feedback.database import run_with_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -45,15 +44,7 @@ async def upgrade_engine(engine: AsyncEngine, revision: str = "head") -> None:
 def upgrade(database_url: str) -> None:
     """Bring the database at `database_url` to the newest schema, always through Alembic.
     Synchronous (it runs its own event loop)."""
-    asyncio.run(_upgrade_url(database_url))
-
-
-async def _upgrade_url(database_url: str) -> None:
-    engine = create_engine(database_url)
-    try:
-        await upgrade_engine(engine)
-    finally:
-        await engine.dispose()
+    run_with_engine(database_url, upgrade_engine)
 
 
 def _upgrade_on(connection: Connection, revision: str) -> None:

@@ -4,13 +4,12 @@ migrate."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Final
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.feedback.database import create_engine
+from service.feedback.database import run_with_engine
 
 # The newest migration in migrations/versions; the feedback store tests hold it equal to Alembic's
 # head, so a new migration that forgets to move it fails there.
@@ -34,15 +33,7 @@ async def migrate_if_behind(engine: AsyncEngine) -> None:
 
 def migrate_database(database_url: str) -> None:
     """`migrate_if_behind` for the command line (synchronous, with an engine of its own)."""
-    asyncio.run(_migrate_url(database_url))
-
-
-async def _migrate_url(database_url: str) -> None:
-    engine = create_engine(database_url)
-    try:
-        await migrate_if_behind(engine)
-    finally:
-        await engine.dispose()
+    run_with_engine(database_url, migrate_if_behind)
 
 
 def _current_revision_on(connection: sa.Connection) -> str | None:
