@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("rpl_cds.errors")
 
@@ -115,12 +116,37 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = dict(exc.headers) if exc.headers else None
         return outcome_response(exc.status_code, diagnostics, headers=headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        # The traceback names code, not data; the request body is never logged.
-        log.error(
-            "unhandled error",
-            exc_info=exc,
-            extra={"path": request.url.path, "method": request.method},
-        )
-        return outcome_response(500, "internal error; the service log has the details")
+
+class UnexpectedErrors:
+    """The answer to an exception nothing else handled: 500 with an OperationOutcome, logged
+    once, and the connection kept. (Starlette's outermost middleware answers too, but then
+    re-raises so that the server logs the traceback a second time and, as uvicorn does, closes
+    the keep-alive connection, failing the client's next pooled request as well.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            # The traceback names code, not data; the request body is never logged.
+            log.error(
+                "unhandled error",
+                exc_info=exc,
+                extra={"path": scope.get("path"), "method": scope.get("method")},
+            )
+            if started:
+                raise  # half a response is out: only closing the connection can end it
+            response = outcome_response(500, "internal error; the service log has the details")
+            await response(scope, receive, send)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from support.live_server import live_server
 from support.patients import TWO_LOSSES_ESHRE, Scenario, workup_request
 from test_service_calls import WORKUP, assert_outcome, two_losses
+
+from service.settings import Settings
 
 
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
@@ -130,8 +136,65 @@ async def test_server_timing_names_fetching_and_auth(make_client: Any, tmp_path:
     request = workup_request(two_losses())
     del request["prefetch"]["conditions"]
     request["fhirServer"] = "http://127.0.0.1:9/fhir"  # nothing listens: fetched, and fails
-    async with make_client(server_timing=True, auth_issuers=issuers, fhir_allow_http=True) as timed:
+    async with make_client(
+        server_timing=True,
+        auth_issuers=issuers,
+        public_base_url="http://cds.test",
+        fhir_allow_http=True,
+    ) as timed:
         token = mint(key, iss="https://ehr.example", aud=f"http://cds.test{WORKUP}")
         response = await timed.post(WORKUP, json=request, headers={"authorization": bearer(token)})
     assert response.status_code == 200
     assert set(timing_phases(response)) == {"auth", "record", "prefetch", "apply", "encode"}
+
+
+def test_an_unexpected_error_is_a_500_logged_once_on_a_connection_kept_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a real socket: the 500 is an OperationOutcome, the exception is logged once (not again
+    by the server), and the same keep-alive connection answers the next request."""
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("simulated engine failure")
+
+    monkeypatch.setattr("service.cdshooks.routes.apply_plan", broken)
+    body = json.dumps(workup_request(two_losses())).encode()
+    call = (
+        f"POST {WORKUP} HTTP/1.1\r\nHost: cds.test\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    discovery = b"GET /cds-services HTTP/1.1\r\nHost: cds.test\r\n\r\n"
+    caplog.set_level(logging.INFO)
+    with live_server(Settings(data_dir=tmp_path)) as base_url:
+        port = int(base_url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+            reader = connection.makefile("rb")
+            connection.sendall(call)
+            failed = read_response(reader)
+            connection.sendall(discovery)
+            answered = read_response(reader)
+    assert failed.status == 500
+    assert json.loads(failed.body)["resourceType"] == "OperationOutcome"
+    assert b"simulated" not in failed.body
+    assert answered.status == 200
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == ["unhandled error"]
+
+
+@dataclass
+class RawResponse:
+    status: int
+    body: bytes
+
+
+def read_response(reader: Any) -> RawResponse:
+    """One HTTP/1.1 response with a Content-Length, read off a socket's file."""
+    status_line = reader.readline()
+    if not status_line:
+        raise ConnectionError("the server closed the connection")
+    headers: dict[str, str] = {}
+    while (line := reader.readline().decode().strip()) != "":
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = reader.read(int(headers.get("content-length", "0")))
+    return RawResponse(int(status_line.split()[1]), body)
