@@ -18,9 +18,10 @@ from service.cdshooks.routes import admin as admin_router
 from service.cdshooks.routes import router as cds_router
 from service.engine.catalogue import Catalogue, load_catalogue
 from service.engine.knowledge_cache import KnowledgeCache
-from service.errors import install_error_handlers, outcome_response
+from service.errors import UnexpectedErrors, install_error_handlers, outcome_response
 from service.feedback.issued_writer import IssuedCardWriter
 from service.feedback.store import FeedbackStore
+from service.fhir.egress import CheckedBackend, EgressPolicy, checked_transport
 from service.fhir.fetch import FhirFetcher
 from service.fhirops.routes import router as fhirops_router
 from service.ops.metrics import Metrics
@@ -47,10 +48,22 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
         store = await FeedbackStore.open(
             settings.resolved_database_url, migrate=settings.auto_migrate
         )
+        # For the operator's own endpoints (issuers' JWKS): not limited to the FHIR hosts.
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.fhir_time_budget_seconds),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
             follow_redirects=False,
+        )
+        policy = EgressPolicy.from_entries(settings.fhir_allowed_hosts, settings.fhir_allow_http)
+        # For the servers that calls name: only the hosts and addresses the policy allows.
+        fhir_http = httpx.AsyncClient(
+            transport=checked_transport(
+                CheckedBackend(policy),
+                httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            ),
+            timeout=httpx.Timeout(settings.fhir_time_budget_seconds),
+            follow_redirects=False,
+            trust_env=False,
         )
         authenticator = None
         if settings.auth_enabled:
@@ -63,7 +76,7 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
                 "client authentication is OFF: any caller can use this service. "
                 "Set RPL_CDS_AUTH_ISSUERS to require signed JWTs from trusted EHRs."
             )
-        fetcher = FhirFetcher(http, settings, metrics)
+        fetcher = FhirFetcher(fhir_http, settings, metrics, policy)
         issued = IssuedCardWriter(store, metrics.issued_dropped)
         app.state.runtime = Runtime(
             settings, served, store, issued, http, metrics, authenticator, fetcher
@@ -76,6 +89,7 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
             yield
         finally:
             await issued.close()
+            await fhir_http.aclose()
             await http.aclose()
             await store.close()
 
@@ -102,6 +116,7 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
     app.include_router(admin_router)
     app.include_router(fhirops_router)
     app.include_router(ops_router)
+    app.add_middleware(UnexpectedErrors)  # inside CORS, so a browser can read the 500 too
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -64,11 +64,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as error:
-        print(f"rpl-cds: invalid settings:\n{error}", file=sys.stderr)
+        print("rpl-cds: invalid settings:", *_setting_problems(error), sep="\n  ", file=sys.stderr)
         return 2
     if args.command == "validate":
         return _validate(args.dirs or settings.all_knowledge_dirs, settings.parameters)
     return _serve(settings, args.host, args.port, args.workers)
+
+
+def _setting_problems(error: ValidationError) -> list[str]:
+    """Each problem as `RPL_CDS_<NAME>: what is wrong`, without the value given: pydantic's own
+    text repeats the input, and settings hold the database URL's password and issuer keys."""
+    problems = []
+    for detail in error.errors(include_input=False, include_url=False):
+        name = "_".join(str(part) for part in detail["loc"]).upper()
+        where = f"RPL_CDS_{name}: " if name else ""
+        problems.append(f"{where}{detail['msg']}")
+    return problems
 
 
 async def _load_scenarios(fhir_server: str, token: str | None, path: Path, today: date) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,6 +15,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"}
 )
+
+
+# Where a FHIR server may be by default: this machine only. Anything else is an operator's choice.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.0/8", "::1")
 
 
 def data_root() -> Path:
@@ -49,12 +54,21 @@ def _split_list(value: Any) -> Any:
     return value
 
 
+# A host name, an IPv4/IPv6 address or network, or `*`; checked for shape only (ipaddress parses
+# the addresses when the policy is built).
+_HOST_ENTRY = re.compile(r"^(\*|[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+(/[0-9]{1,3})?|[0-9.]+/[0-9]{1,2})$")
+
+
 class IssuerConfig(BaseModel):
     """A trusted CDS client (an EHR): where its signing keys come from."""
 
     jwks_url: HttpUrl | None = None
     jwks_file: Path | None = None
     jku_allowlist: list[str] = Field(default_factory=list)
+    # The FHIR servers (base URLs) this client's calls may name as `fhirServer`; when set, it
+    # replaces RPL_CDS_FHIR_ALLOWED_HOSTS for this issuer, so one EHR's token cannot point the
+    # service at another EHR's server.
+    fhir_servers: list[HttpUrl] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_key_source(self) -> IssuerConfig:
@@ -93,7 +107,11 @@ class Settings(BaseSettings):
     fhir_time_budget_seconds: float = Field(default=3.0, gt=0, le=60)
     # Guards on the EHR's FHIR server (no SSRF through the service, no unbounded work).
     fhir_allow_http: bool = False
-    fhir_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Host names, IP addresses or networks (CIDR) a call may name as fhirServer (`*`: any name).
+    # Addresses that are not public are contacted only inside a listed address or network.
+    fhir_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(LOOPBACK_HOSTS)
+    )
     fhir_max_pages: int = Field(default=10, ge=1, le=1000)
     fhir_max_resources: int = Field(default=5000, ge=1)
     fhir_max_response_bytes: int = Field(default=20_000_000, ge=1000)
@@ -128,6 +146,28 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("at least one signing algorithm is required")
         return value
+
+    @field_validator("fhir_allowed_hosts")
+    @classmethod
+    def _host_entries(cls, value: list[str]) -> list[str]:
+        bad = [entry for entry in value if not _HOST_ENTRY.match(entry)]
+        if bad:
+            raise ValueError(
+                f"entries {bad} are not host names, IP addresses, networks (CIDR) or '*'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _audience_pinned(self) -> Settings:
+        # The JWT's `aud` must be this service's own URL. Built from the request, it would follow
+        # the Host header, and a token minted for another service with the same path could be
+        # replayed here under that Host.
+        if self.auth_issuers and self.public_base_url is None:
+            raise ValueError(
+                "RPL_CDS_PUBLIC_BASE_URL is required when RPL_CDS_AUTH_ISSUERS is set: "
+                "it is the URL clients call, which their JWT's aud claim must name"
+            )
+        return self
 
     @property
     def auth_enabled(self) -> bool:

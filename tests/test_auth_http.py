@@ -42,6 +42,7 @@ def auth_settings(tmp_path: Path, keys: dict[str, SigningKey]) -> dict[str, Any]
             EHR: {"jwks_file": str(write_jwks(tmp_path / "ehr.jwks", keys["ehr"]))},
             ADMIN: {"jwks_file": str(write_jwks(tmp_path / "admin.jwks", keys["admin"]))},
         },
+        "public_base_url": BASE,
     }
 
 
@@ -50,7 +51,7 @@ def secured(
     make_client: Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]],
     auth_settings: dict[str, Any],
 ) -> Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]:
-    return lambda **more: make_client(**auth_settings, **more)
+    return lambda **more: make_client(**{**auth_settings, **more})
 
 
 def token(key: SigningKey, path: str, iss: str = EHR, **kwargs: Any) -> dict[str, str]:
@@ -154,6 +155,22 @@ async def test_public_base_url_sets_the_audience(secured: Any, keys: dict[str, S
         )
     assert internal.status_code == 401
     assert as_called.status_code == 200
+
+
+async def test_the_audience_does_not_follow_the_host_header(
+    secured: Any, keys: dict[str, SigningKey]
+) -> None:
+    """A token the EHR minted for another CDS service with the same path, replayed here with
+    that service's Host: refused, because the audience is the configured public base URL."""
+    other = "http://evil.example"
+    replayed = bearer(mint(keys["ehr"], iss=EHR, aud=f"{other}{WORKUP}"))
+    async with secured() as client:
+        response = await client.post(
+            WORKUP,
+            json=workup_request(two_losses()),
+            headers={"authorization": replayed, "host": "evil.example"},
+        )
+    assert_outcome(response, 401, "authentication")
 
 
 async def test_analytics_only_for_admin_issuers(secured: Any, keys: dict[str, SigningKey]) -> None:

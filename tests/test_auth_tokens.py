@@ -120,6 +120,7 @@ def make_auth(http: httpx.AsyncClient, clock: FakeClock, replay: MemoryReplayCac
             "auth_clock_skew_seconds": SKEW,
             "auth_max_token_lifetime_seconds": MAX_LIFETIME,
             "auth_jwks_refresh_seconds": REFRESH,
+            "public_base_url": "https://cds.example.org",
             **overrides,
         }
         return Authenticator(Settings(**values), http, replay, clock=clock)
@@ -198,7 +199,10 @@ async def test_valid_rs384_token(auth: Authenticator, rs_key: SigningKey) -> Non
 async def test_valid_token_against_the_real_clock(
     http: httpx.AsyncClient, jwks_file: Path, es_key: SigningKey
 ) -> None:
-    settings = Settings(auth_issuers={ISS: IssuerConfig(jwks_file=jwks_file)})
+    settings = Settings(
+        auth_issuers={ISS: IssuerConfig(jwks_file=jwks_file)},
+        public_base_url="https://cds.example.org",
+    )
     auth = Authenticator(settings, http, MemoryReplayCache(lambda: 0.0))
 
     identity = await auth.authenticate(bearer(mint(es_key, iss=ISS, aud=AUD, jti="t")), AUD)
@@ -840,7 +844,10 @@ def fuzz_jwks(tmp_path_factory: pytest.TempPathFactory, es_key: SigningKey) -> P
 def fuzz_auth(fuzz_jwks: Path) -> Authenticator:
     # Built once: hypothesis runs each example in its own event loop, and with a JWKS file the
     # HTTP client is never used, so no loop-bound resource is shared between examples.
-    settings = Settings(auth_issuers={ISS: IssuerConfig(jwks_file=fuzz_jwks)})
+    settings = Settings(
+        auth_issuers={ISS: IssuerConfig(jwks_file=fuzz_jwks)},
+        public_base_url="https://cds.example.org",
+    )
     clock = FakeClock()
     return Authenticator(
         settings, httpx.AsyncClient(trust_env=False), MemoryReplayCache(clock), clock

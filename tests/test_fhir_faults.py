@@ -11,6 +11,7 @@ leaves the other one's data in use.
 
 from __future__ import annotations
 
+import gc
 import logging
 import secrets
 import time
@@ -40,6 +41,11 @@ from support.fault_server import (
     searchset,
 )
 from support.patients import Scenario, topics, workup_request
+
+from service.fhir.egress import CheckedBackend, EgressPolicy, checked_transport
+from service.fhir.fetch import FhirFetcher
+from service.ops.metrics import Metrics
+from service.settings import Settings
 
 WORKUP = "/cds-services/rpl-workup"
 BUDGET = 1.0
@@ -736,3 +742,53 @@ async def test_a_dot_patient_id_is_refused_before_any_request(
     assert answer.response.status_code == 400
     assert "an id cannot be only dots" in answer.response.text
     assert fhir.requests == []
+
+
+# A token that cannot be sent. ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["SECRET-tök-42", "SECRET 42", "SECRET-42\r\nX-Injected: 1", "SECRET\x00-42", "=SECRET"],
+    ids=["non-ascii", "space", "crlf", "nul", "padding-first"],
+)
+async def test_a_token_that_is_no_b64token_is_refused_and_never_echoed(
+    token: str, make_client: ClientFactory, fhir: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RFC 6750's b64token is all a Bearer credential may hold; anything else would fail to
+    encode (a 500 that logged the token) or split the header. 400, naming the field only."""
+    scenario = two_losses()
+    async with app(make_client) as client:
+        answer = await post(client, hook_call(scenario, fhir.base_url, token=token))
+    assert_outcome(answer.response, 400, "fhirAuthorization.access_token")
+    issues = answer.response.json()["issue"]
+    assert [e for i in issues for e in i.get("expression", [])] == [
+        "fhirAuthorization.access_token"
+    ]
+    assert "SECRET" not in answer.response.text
+    assert fhir.requests == []
+    assert_token_hygiene(caplog, token=token)
+
+
+async def test_a_fetch_that_fails_unexpectedly_is_missing_data_and_logs_no_token(
+    fhir: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Below the request model (which refuses such a token), the fetcher itself: every key's
+    task fails the same unexpected way; each is reported, none is left unretrieved for asyncio
+    to log with the exception's repr (which held `Bearer <token>`)."""
+    token = "SECRET-tök-42"
+    policy = EgressPolicy.from_entries(["127.0.0.1"], allow_http=True)
+    transport = checked_transport(CheckedBackend(policy), httpx.Limits())
+    async with httpx.AsyncClient(transport=transport) as http:
+        fetcher = FhirFetcher(http, Settings(), Metrics(), policy)
+        queries = {"patient": "Patient/p1", "miscarriages": "Condition?patient=p1"}
+        results = await fetcher.fetch_all(fhir.base_url, token, queries, budget=BUDGET)
+    gc.collect()
+    assert {key: result.problem for key, result in results.items()} == {
+        "patient": "the service failed to read it",
+        "miscarriages": "the service failed to read it",
+    }
+    assert fhir.requests == []
+    assert [r.name for r in caplog.records if r.name == "asyncio"] == []
+    assert_token_hygiene(caplog, token=token)
+    assert all("SECRET" not in record_text(r) for r in caplog.records)

@@ -208,6 +208,7 @@ async def secured_app(tmp_path: Path, signing_key: SigningKey) -> AsyncIterator[
     settings = Settings(
         data_dir=tmp_path,
         auth_issuers={ISSUER: IssuerConfig(jwks_file=tmp_path / "jwks.json")},
+        public_base_url=BASE_URL,
         admin_issuers=["https://analytics.example.org"],
     )
     application = create_app(settings)

@@ -70,4 +70,25 @@ def test_serve_refuses_invalid_settings(tmp_path: Path) -> None:
         env={"RPL_CDS_GUIDELINE": "nice", "RPL_CDS_DATA_DIR": str(tmp_path), "PATH": ""},
     )
     assert result.returncode == 2
-    assert "guideline" in result.stderr
+    assert "RPL_CDS_GUIDELINE: " in result.stderr  # the variable to fix, by name
+
+
+def test_serve_refuses_authentication_without_a_public_base_url(tmp_path: Path) -> None:
+    """The JWT audience must be this service's own URL, not whatever Host the caller sent; the
+    message names the missing setting and repeats no value (settings hold passwords)."""
+    secret = "pw-" + "x" * 12
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "RPL_CDS_AUTH_ISSUERS": '{"https://ehr.example": {"jwks_file": "/dev/null"}}',
+            "RPL_CDS_DATABASE_URL": f"postgresql+asyncpg://cds:{secret}@127.0.0.1/cds",
+            "RPL_CDS_DATA_DIR": str(tmp_path),
+            "PATH": "",
+        },
+    )
+    assert result.returncode == 2
+    assert "RPL_CDS_PUBLIC_BASE_URL is required" in result.stderr
+    assert secret not in result.stderr + result.stdout

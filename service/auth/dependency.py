@@ -13,12 +13,13 @@ from service.runtime import Runtime, get_runtime
 
 
 def audience_for(request: Request, runtime: Runtime) -> str:
-    """The exact URL the client called (CDS Hooks: `aud` is the endpoint URL). Behind a proxy the
-    URL the client used is not the one the service sees, so a configured public base URL wins."""
+    """The exact URL the client called (CDS Hooks: `aud` is the endpoint URL), on the configured
+    public base URL: never on the request's Host header, which the caller chooses."""
     base = runtime.settings.public_base_url
-    if base is not None:
-        return str(base).rstrip("/") + request.url.path
-    return str(request.url.replace(query="", fragment=""))
+    if base is None:
+        # Settings refuse authentication without it; reaching here is a deployment bug.
+        raise ServiceError(500, "the service has no public base URL to check tokens against")
+    return str(base).rstrip("/") + request.url.path
 
 
 async def authenticated(

@@ -3,6 +3,7 @@ EHRs add fields the specification allows (extensions, newer context fields)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -18,6 +19,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from service.errors import Issue
 
 NonEmpty = Annotated[str, StringConstraints(min_length=1, strip_whitespace=False)]
 # `userId` names a FHIR resource: Practitioner, PractitionerRole, Patient or RelatedPerson.
@@ -38,12 +41,16 @@ def _not_dot_segment(value: str) -> str:
 FhirId = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$"), AfterValidator(_not_dot_segment)
 ]
+# RFC 6750 section 2.1: a Bearer credential is a `b64token`. Anything else cannot be sent in an
+# `Authorization` header (a non-ASCII character fails to encode; a space or CR/LF would split
+# it), so it is refused here, where the error names the field and never echoes the value.
+B64Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-._~+/]+=*$")]
 
 
 class FhirAuthorization(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    access_token: NonEmpty
+    access_token: B64Token
     token_type: Literal["Bearer", "bearer"]
     expires_in: Annotated[int, Field(ge=0)]
     scope: NonEmpty
@@ -62,16 +69,61 @@ class HookContext(BaseModel):
     encounterId: FhirId | None = None
 
 
+# At most this many shape problems are reported for one request: enough to fix a client, and
+# a bounded answer to a body with a million bad entries.
+MAX_SHAPE_ISSUES = 20
+
+
+def resource_problems(value: Any, where: str) -> list[Issue]:
+    """Where `value` is not shaped like the FHIR resource the service reads: an object with a
+    `resourceType`; for a Bundle, `entry` an array of objects whose `resource` is such a resource
+    (one level deep: the record is built from a Bundle's entries, never from nested Bundles); for
+    an OperationOutcome, `issue` an array of objects. Prefetch is not model-validated on the
+    request path (architecture rule 2); this is the structure the service itself walks."""
+    if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+        return [Issue(f"{where} must be a FHIR resource (an object with a resourceType)", where)]
+    kind = value["resourceType"]
+    if kind == "OperationOutcome":
+        issues = value.get("issue", [])
+        if not isinstance(issues, list) or not all(isinstance(i, dict) for i in issues):
+            return [Issue(f"{where}.issue must be an array of objects", f"{where}.issue")]
+    if kind != "Bundle":
+        return []
+    entries = value.get("entry", [])
+    if not isinstance(entries, list):
+        return [Issue(f"{where}.entry must be an array", f"{where}.entry")]
+    problems: list[Issue] = []
+    for index, entry in enumerate(entries):
+        at = f"{where}.entry[{index}]"
+        if not isinstance(entry, dict):
+            problems.append(Issue(f"{at} must be an object", at))
+        elif not isinstance(entry.get("search", {}), dict):
+            problems.append(Issue(f"{at}.search must be an object", f"{at}.search"))
+        else:
+            resource = entry.get("resource")
+            if isinstance(resource, dict) and resource.get("resourceType") == "Bundle":
+                continue  # not read, so not walked (and no recursion on deeply nested input)
+            problems.extend(resource_problems(resource, f"{at}.resource"))
+        if len(problems) >= MAX_SHAPE_ISSUES:
+            break
+    return problems[:MAX_SHAPE_ISSUES]
+
+
+def prefetch_problems(prefetch: Mapping[str, Any] | None) -> list[Issue]:
+    """Shape problems of every prefetch value (`null` is allowed: no data for that key)."""
+    problems: list[Issue] = []
+    for key, value in (prefetch or {}).items():
+        if value is not None:
+            problems.extend(resource_problems(value, f"prefetch.{key}"))
+    return problems[:MAX_SHAPE_ISSUES]
+
+
 def _check_bundle(value: dict[str, Any]) -> dict[str, Any]:
     if value.get("resourceType") != "Bundle":
         raise ValueError("must be a FHIR Bundle (resourceType 'Bundle')")
-    entries = value.get("entry", [])
-    if not isinstance(entries, list):
-        raise ValueError("Bundle.entry must be an array")
-    for index, entry in enumerate(entries):
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            raise ValueError(f"Bundle.entry[{index}].resource must be a FHIR resource")
+    problems = resource_problems(value, "Bundle")
+    if problems:
+        raise ValueError(problems[0].diagnostics)
     return value
 
 

@@ -1,21 +1,28 @@
 """Prefetch resolution, key by key (CDS Hooks 2.0): a provided value is used, `null` means no data,
 an OperationOutcome is an error for that key, and a missing key must be fetched from `fhirServer`.
+A value of another resource type than the key's query asks for counts as an error too: it is
+fetched again where it can be, else reported as missing data, never read as "nothing recorded".
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from service.auth.identity import ClientIdentity
 from service.cdshooks.models import HookRequest
 from service.errors import ServiceError
-from service.fhir.fetch import FhirFetcher, server_refusal
+from service.fhir.expected import expected_type, foreign_types
+from service.fhir.fetch import FhirFetcher
 from service.fhir.record import PatientRecord
 from service.fhir.templates import Unrenderable, render
 from service.ops.timing import PhaseTimer
 from service.settings import Settings
+
+log = logging.getLogger("rpl_cds.prefetch")
 
 
 @dataclass
@@ -45,6 +52,18 @@ def _is_error(value: Mapping[str, Any]) -> bool:
     )
 
 
+def _wrong_type(key: str, template: str, value: Mapping[str, Any]) -> bool:
+    expected = expected_type(template)
+    foreign = foreign_types(value, expected) if expected else []
+    if foreign:
+        # Key and type names only: they say what the client sent wrong and identify no one.
+        log.warning(
+            "prefetch value of another resource type",
+            extra={"key": key, "expected": expected, "received": foreign},
+        )
+    return bool(foreign)
+
+
 def resolve_prefetch(
     templates: Mapping[str, str], provided: Mapping[str, dict[str, Any] | None] | None
 ) -> Resolution:
@@ -59,7 +78,7 @@ def resolve_prefetch(
         value = provided[key]
         if value is None:
             continue
-        if _is_error(value):
+        if _is_error(value) or _wrong_type(key, templates[key], value):
             failed.append(key)
             continue
         if value.get("resourceType") == "Bundle":
@@ -85,16 +104,22 @@ async def assemble_record(
     settings: Settings,
     today: date,
     timer: PhaseTimer,
+    client: ClientIdentity | None = None,
 ) -> Assembled:
     """The patient record for a call: what was prefetched, plus what the service fetches itself
-    for the keys that are missing or came as errors."""
+    for the keys that are missing or came as errors. `client`: who called, when authentication
+    is on (its issuer may limit the FHIR servers it can name)."""
     with timer.phase("record"):
         resolution = resolve_prefetch(templates, call.prefetch)
     wanted = [*resolution.missing, *resolution.failed]
     if not wanted:
         return Assembled(resolution.record, [])
     fhir_server = str(call.fhirServer) if call.fhirServer else None
-    refusal = server_refusal(fhir_server, settings) if fhir_server else "no fhirServer was given"
+    refusal = (
+        fetcher.policy.server_refusal(fhir_server, _issuer_servers(settings, client))
+        if fhir_server
+        else "no fhirServer was given"
+    )
     if fhir_server is None or refusal is not None:
         if resolution.missing:
             # CDS Hooks 2.0: required data that cannot be had at all is a 412.
@@ -122,3 +147,8 @@ async def assemble_record(
             if result.problem is not None:
                 missing.append(key)
     return Assembled(resolution.record, missing)
+
+
+def _issuer_servers(settings: Settings, client: ClientIdentity | None) -> list[str] | None:
+    issuer = settings.auth_issuers.get(client.issuer) if client else None
+    return [str(server) for server in issuer.fhir_servers] if issuer else None

@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from service.auth.dependency import authenticated, authenticated_admin
+from service.auth.identity import ClientIdentity
 from service.cdshooks.body import read_json
 from service.cdshooks.cards import encode_cards
 from service.cdshooks.models import (
@@ -19,6 +20,7 @@ from service.cdshooks.models import (
     FeedbackRequest,
     HookContext,
     HookRequest,
+    prefetch_problems,
 )
 from service.cdshooks.prefetch import assemble_record
 from service.engine.apply import Subject, apply_plan
@@ -62,6 +64,9 @@ def _parse_call(service: CdsService, body: Any) -> tuple[HookRequest, HookContex
             f"service '{service.id}' answers the '{service.hook}' hook, not '{call.hook}'",
             [Issue(f"hook must be '{service.hook}'", expression="hook")],
         )
+    shape = prefetch_problems(call.prefetch)
+    if shape:
+        raise ServiceError(400, "invalid prefetch", shape)
     model = CONTEXT_MODELS.get(service.hook, HookContext)
     try:
         context = model.model_validate(call.context)
@@ -73,7 +78,12 @@ def _parse_call(service: CdsService, body: Any) -> tuple[HookRequest, HookContex
 
 
 @router.post("/cds-services/{service_id}")
-async def call_service(service_id: str, request: Request, runtime: RuntimeDep) -> Response:
+async def call_service(
+    service_id: str,
+    request: Request,
+    runtime: RuntimeDep,
+    client: Annotated[ClientIdentity | None, Depends(authenticated)],
+) -> Response:
     service = _service(runtime, service_id, request)
     call, context = _parse_call(service, await read_json(request, runtime.settings.max_body_bytes))
     hook_instance = str(call.hookInstance)
@@ -82,7 +92,7 @@ async def call_service(service_id: str, request: Request, runtime: RuntimeDep) -
     today = datetime.now(UTC).date()
     timer = timer_of(request)
     assembled = await assemble_record(
-        service.prefetch, call, runtime.fetcher, runtime.settings, today, timer
+        service.prefetch, call, runtime.fetcher, runtime.settings, today, timer, client
     )
     if assembled.missing_data:
         request.state.log["missingData"] = assembled.missing_data

@@ -4,9 +4,12 @@ Missing keys are fetched concurrently through the one shared httpx client, with 
 `Bearer` access token, following Bundle `next` links up to a page and a resource cap. An
 idempotent GET is retried once on a connection error or 502/503/504 while the budget allows.
 Bodies are read up to a size cap and no further. A `next` link that loops or leaves the server is
-not followed, and the token is only ever sent to the server the call named.
+not followed, and the token is only ever sent to the server the call named. Which servers and
+addresses may be contacted at all is `egress.py`'s concern; an answer of another resource type
+than the query asks for is a failure of that key, not data.
 
-Nothing here logs a URL (it holds the patient id) or the token.
+Nothing here logs a URL (it holds the patient id), the token, or an exception's text (it may
+hold either).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import orjson
 
+from service.fhir.egress import AddressRefused, EgressPolicy
+from service.fhir.expected import expected_type, foreign_types
 from service.ops.metrics import Metrics
 from service.settings import Settings
 
@@ -48,22 +53,12 @@ class Fetched:
     problem: str | None = None
 
 
-def server_refusal(fhir_server: str, settings: Settings) -> str | None:
-    """Why this service will not contact `fhir_server`, or None when it may."""
-    parts = urlsplit(fhir_server)
-    if parts.scheme != "https" and not (parts.scheme == "http" and settings.fhir_allow_http):
-        return "fhirServer must use https"
-    allowed = settings.fhir_allowed_hosts
-    if allowed and parts.hostname not in allowed:
-        return "fhirServer is not on this deployment's list of allowed hosts"
-    return None
-
-
 @dataclass
 class FhirFetcher:
-    http: httpx.AsyncClient
+    http: httpx.AsyncClient  # built on egress.checked_transport: addresses checked on connect
     settings: Settings
     metrics: Metrics
+    policy: EgressPolicy
 
     async def fetch_all(
         self, fhir_server: str, token: str | None, queries: Mapping[str, str], budget: float
@@ -83,22 +78,30 @@ class FhirFetcher:
         )
         for task in pending:
             task.cancel()
-        results: dict[str, Fetched] = {}
-        for key, task in tasks.items():
-            if task in pending:
-                results[key] = Fetched(problem="timed out")
-                self.metrics.fhir_errors.labels("timeout").inc()
-            else:
-                results[key] = task.result()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        return results
+        # Every task is awaited before any result is read: a task whose exception nobody
+        # retrieves is logged by asyncio with the exception's repr, which can hold the token.
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        return {key: self._outcome(task, task in pending) for key, task in tasks.items()}
+
+    def _outcome(self, task: asyncio.Task[Fetched], timed_out: bool) -> Fetched:
+        if timed_out:
+            self.metrics.fhir_errors.labels("timeout").inc()
+            return Fetched(problem="timed out")
+        error = task.exception()
+        if error is None:
+            return task.result()
+        # A bug, not a fault of the server: said in the log by type only (its text and
+        # traceback locals may hold the URL or the token), and reported as missing data.
+        self.metrics.fhir_errors.labels("unexpected").inc()
+        log.error("FHIR fetch failed unexpectedly", extra={"error": type(error).__name__})
+        return Fetched(problem="the service failed to read it")
 
     async def _fetch_key(
         self, base: str, query: str, token: str | None, deadline: float
     ) -> Fetched:
         fetched = Fetched()
-        resource_type = query.split("?")[0].split("/")[0] or "unknown"
+        expected = expected_type(query)
+        resource_type = expected or "unknown"
         url: str | None = urljoin(base, query)
         visited: set[str] = set()
         try:
@@ -109,7 +112,7 @@ class FhirFetcher:
                 started = time.monotonic()
                 document = await self._get(url, token, deadline)
                 self.metrics.fhir_fetch.labels(resource_type).observe(time.monotonic() - started)
-                url = self._read(document, fetched, base, visited)
+                url = self._read(document, expected, fetched, base, visited)
                 if len(fetched.resources) >= self.settings.fhir_max_resources:
                     del fetched.resources[self.settings.fhir_max_resources :]
                     fetched.problem = "more resources than this service reads; the rest was skipped"
@@ -144,6 +147,10 @@ class FhirFetcher:
             except httpx.TimeoutException:
                 raise FetchError("timed out") from None
             except (httpx.TransportError, httpx.DecodingError) as error:
+                if isinstance(error.__cause__, AddressRefused):
+                    raise FetchError(
+                        "the FHIR server's address is not one this service may contact"
+                    ) from None
                 if attempt == 1 and isinstance(error, httpx.TransportError):
                     continue
                 raise FetchError(
@@ -167,13 +174,24 @@ class FhirFetcher:
                 raise FetchError("the FHIR server's response is larger than this service reads")
         return bytes(body)
 
-    def _read(self, document: Any, fetched: Fetched, base: str, visited: set[str]) -> str | None:
+    def _read(
+        self,
+        document: Any,
+        expected: str | None,
+        fetched: Fetched,
+        base: str,
+        visited: set[str],
+    ) -> str | None:
         """Add the document's resources to `fetched`; return the next page to read, if any."""
         if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
             raise FetchError("the FHIR server sent JSON that is not a FHIR resource")
         kind = document["resourceType"]
         if kind == "OperationOutcome":
             raise FetchError("the FHIR server answered with an OperationOutcome")
+        foreign = foreign_types(document, expected) if expected else []
+        if foreign:
+            # The part before the colon is the metric's label; the types are safe to show.
+            raise FetchError(f"the FHIR server sent other resource types: {', '.join(foreign)}")
         if kind != "Bundle":
             fetched.resources.append(document)
             return None
