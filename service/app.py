@@ -14,6 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from sqlalchemy.exc import DBAPIError
 
+from service.cdshooks.contract import served_contract
 from service.cdshooks.routes import admin as admin_router
 from service.cdshooks.routes import router as cds_router
 from service.engine.catalogue import Catalogue, load_catalogue
@@ -102,9 +103,12 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
     )
 
     def openapi() -> dict[str, Any]:
-        # Read on first use: most workers are never asked for it.
+        # Built on first use (most workers are never asked for it), after the lifespan loaded
+        # the knowledge whose services it lists.
         if app.openapi_schema is None:
-            app.openapi_schema = _contract()
+            runtime: Runtime = app.state.runtime
+            services = runtime.catalogue.discovery()["services"]
+            app.openapi_schema = served_contract(_contract(), services)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

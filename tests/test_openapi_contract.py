@@ -23,6 +23,7 @@ from support.jwt_tokens import SigningKey, bearer, mint, new_es384_key, write_jw
 from support.patients import WORKUP_KEYS
 
 from service.app import create_app
+from service.cdshooks.contract import served_contract
 from service.settings import IssuerConfig, Settings
 
 CONTRACT_PATH = Path(__file__).resolve().parents[1] / "openapi.yaml"
@@ -239,9 +240,44 @@ def test_contract_documents_exactly_the_served_operations(tmp_path: Path) -> Non
 
 
 async def test_served_openapi_document_is_the_contract(client: httpx.AsyncClient) -> None:
+    """openapi.yaml, with each service of the loaded knowledge as an operation of its own."""
+    services = (await client.get("/cds-services")).json()["services"]
     response = await client.get("/openapi.json")
     assert response.status_code == 200
-    assert response.json() == json.loads(json.dumps(CONTRACT))
+    served = response.json()
+    assert served == json.loads(json.dumps(served_contract(CONTRACT, services)))
+    validate_openapi(served)
+    for path, item in CONTRACT["paths"].items():
+        assert served["paths"][path] == json.loads(json.dumps(item)), path
+
+
+async def test_served_contract_states_each_services_hook_and_prefetch(
+    client: httpx.AsyncClient,
+) -> None:
+    served = (await client.get("/openapi.json")).json()
+    discovery = (await client.get("/cds-services")).json()["services"]
+    registry: Registry[Any] = Registry().with_resource(
+        CONTRACT_URI, DRAFT202012.create_resource(served)
+    )
+    pointer = _pointer(
+        "paths", f"/cds-services/{WORKUP}", "post", "requestBody", "content", "application/json"
+    )
+    validator = jsonschema.Draft202012Validator(
+        {"$ref": f"{CONTRACT_URI}#{pointer}/schema"}, registry=registry
+    )
+    body = {
+        "hook": "patient-view",
+        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "context": {"userId": "Practitioner/p", "patientId": "p1"},
+    }
+    prefetch = dict.fromkeys(next(s for s in discovery if s["id"] == WORKUP)["prefetch"])
+    assert validator.is_valid({**body, "prefetch": prefetch})
+    assert validator.is_valid({**body, "fhirServer": "https://ehr.example/fhir"})
+    assert not validator.is_valid(body), "no prefetch, no fhirServer: the service answers 412"
+    assert not validator.is_valid({**body, "prefetch": {"patient": None}}), "keys missing"
+    assert not validator.is_valid({**body, "hook": "order-sign", "prefetch": prefetch})
+    for service in discovery:
+        assert f"/cds-services/{service['id']}/feedback" in served["paths"]
 
 
 def _examples_in_contract() -> Iterator[tuple[str, str, Any]]:

@@ -13,6 +13,7 @@ from pydantic import (
     AnyHttpUrl,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -26,7 +27,9 @@ NonEmpty = Annotated[str, StringConstraints(min_length=1, strip_whitespace=False
 # `userId` names a FHIR resource: Practitioner, PractitionerRole, Patient or RelatedPerson.
 UserReference = Annotated[
     str,
-    StringConstraints(pattern=r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[^/\s]+$"),
+    StringConstraints(
+        pattern=r"^(Practitioner|PractitionerRole|Patient|RelatedPerson)/[A-Za-z0-9\-.]{1,64}$"
+    ),
 ]
 
 
@@ -38,6 +41,8 @@ def _not_dot_segment(value: str) -> str:
     return value
 
 
+# CDS Hooks' reserved `extension`: an object, and (as every JSON value in CDS Hooks) not empty.
+Extension = Annotated[dict[str, Any], Field(min_length=1)]
 FhirId = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9\-.]{1,64}$"), AfterValidator(_not_dot_segment)
 ]
@@ -47,18 +52,42 @@ FhirId = Annotated[
 B64Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9\-._~+/]+=*$")]
 
 
-class FhirAuthorization(BaseModel):
+def _json_integer(value: Any) -> Any:
+    # JSON Schema's integer: a number without a fraction (1.0 is one), never a string or a bool,
+    # which pydantic would otherwise convert.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError("must be an integer")
+    return int(value)
+
+
+class CdsHooksModel(BaseModel):
+    """CDS Hooks' JSON rule: a field is never `null`; an optional field without a value is left
+    out. (`prefetch` values are the exception, and are not fields of a model.)"""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            nulls = [name for name in cls.model_fields if name in data and data[name] is None]
+            if nulls:
+                raise ValueError(f"{', '.join(nulls)}: null is not allowed; leave the field out")
+        return data
+
+
+class FhirAuthorization(CdsHooksModel):
     model_config = ConfigDict(extra="allow")
 
     access_token: B64Token
     token_type: Literal["Bearer", "bearer"]
-    expires_in: Annotated[int, Field(ge=0)]
+    expires_in: Annotated[int, BeforeValidator(_json_integer), Field(ge=0)]
     scope: NonEmpty
     subject: NonEmpty
     patient: FhirId | None = None
 
 
-class HookContext(BaseModel):
+class HookContext(CdsHooksModel):
     """Context common to patient-view, order-select and order-sign. Extra fields are kept: later
     hook versions add some, and the specification lets clients extend the context."""
 
@@ -160,7 +189,7 @@ CONTEXT_MODELS: dict[str, type[HookContext]] = {
 }
 
 
-class HookRequest(BaseModel):
+class HookRequest(CdsHooksModel):
     model_config = ConfigDict(extra="forbid")
 
     hook: NonEmpty
@@ -169,7 +198,7 @@ class HookRequest(BaseModel):
     fhirAuthorization: FhirAuthorization | None = None
     context: dict[str, Any]
     prefetch: dict[str, dict[str, Any] | None] | None = None
-    extension: dict[str, Any] | None = None
+    extension: Extension | None = None
 
     @model_validator(mode="after")
     def _server_with_token(self) -> HookRequest:
@@ -178,7 +207,7 @@ class HookRequest(BaseModel):
         return self
 
 
-class Coding(BaseModel):
+class Coding(CdsHooksModel):
     model_config = ConfigDict(extra="forbid")
 
     system: NonEmpty
@@ -186,28 +215,41 @@ class Coding(BaseModel):
     display: NonEmpty | None = None
 
 
-class OverrideReason(BaseModel):
+class OverrideReason(CdsHooksModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: Coding | None = None
     userComment: NonEmpty | None = None
 
+    @model_validator(mode="after")
+    def _says_something(self) -> OverrideReason:
+        if self.reason is None and self.userComment is None:
+            raise ValueError("an overrideReason needs a reason or a userComment (or is left out)")
+        return self
 
-class AcceptedSuggestion(BaseModel):
+
+class AcceptedSuggestion(CdsHooksModel):
     model_config = ConfigDict(extra="forbid")
 
     id: NonEmpty
 
 
-class FeedbackItem(BaseModel):
+def _date_time_text(value: Any) -> Any:
+    # Pydantic reads a number as Unix time; CDS Hooks' outcomeTimestamp is an ISO 8601 string.
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO 8601 date-time string with a time zone")
+    return value
+
+
+class FeedbackItem(CdsHooksModel):
     model_config = ConfigDict(extra="forbid")
 
     card: UUID
     outcome: Literal["accepted", "overridden"]
     acceptedSuggestions: list[AcceptedSuggestion] | None = None
     overrideReason: OverrideReason | None = None
-    outcomeTimestamp: AwareDatetime
-    extension: dict[str, Any] | None = None
+    outcomeTimestamp: Annotated[AwareDatetime, BeforeValidator(_date_time_text)]
+    extension: Extension | None = None
 
     @field_validator("outcomeTimestamp")
     @classmethod
@@ -223,8 +265,8 @@ class FeedbackItem(BaseModel):
         return self
 
 
-class FeedbackRequest(BaseModel):
+class FeedbackRequest(CdsHooksModel):
     model_config = ConfigDict(extra="forbid")
 
     feedback: Annotated[list[FeedbackItem], Field(min_length=1, max_length=1000)]
-    extension: dict[str, Any] | None = None
+    extension: Extension | None = None

@@ -20,6 +20,7 @@ from pydantic import (
 
 from service.auth.dependency import authenticated
 from service.cdshooks.body import read_json
+from service.cdshooks.models import resource_problems
 from service.engine.apply import Subject, apply_plan
 from service.errors import ServiceError, validation_issues
 from service.fhir.record import PatientRecord
@@ -27,6 +28,7 @@ from service.runtime import Runtime, get_runtime
 
 router = APIRouter(dependencies=[Depends(authenticated)])
 
+_PATIENT = re.compile(r"Patient/[A-Za-z0-9\-.]{1,64}")
 TRACE_EXTENSION = "https://fhir.rpl-cds.org/StructureDefinition/apply-trace"
 
 
@@ -44,6 +46,9 @@ class _Parameter(BaseModel):
 
     @model_validator(mode="after")
     def _value_fits_the_name(self) -> _Parameter:
+        problems = resource_problems(self.resource, "resource") if self.resource else []
+        if problems:
+            raise ValueError(problems[0].diagnostics)
         if self.name in ("data", "draftOrders"):
             if (self.resource or {}).get("resourceType") != "Bundle":
                 raise ValueError(f"{self.name} must be a Bundle resource")
@@ -66,8 +71,14 @@ class _Parameters(BaseModel):
 
     @model_validator(mode="after")
     def _one_patient_subject(self) -> _Parameters:
-        subjects = [p.text for p in self.parameter if p.name == "subject"]
-        if len(subjects) != 1 or not re.fullmatch(r"Patient/[A-Za-z0-9\-.]{1,64}", subjects[0]):
+        subjects = [p for p in self.parameter if p.name == "subject"]
+        given = [
+            value
+            for p in subjects
+            for value in (p.valueString, p.valueReference.reference if p.valueReference else None)
+            if value is not None
+        ]
+        if len(subjects) != 1 or not all(_PATIENT.fullmatch(value) for value in given):
             raise ValueError("exactly one subject is required, as Patient/{id}")
         return self
 
