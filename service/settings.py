@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     # benchmark and for operators; off by default (it tells callers about the internals).
     server_timing: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # After SIGTERM: how long requests in progress may take to finish before they are cut off.
+    # Below Kubernetes' default terminationGracePeriodSeconds (30), which ends in SIGKILL.
+    shutdown_grace_seconds: int = Field(default=20, ge=1, le=600)
 
     @field_validator(
         "knowledge_dirs",
