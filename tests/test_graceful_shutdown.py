@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -27,9 +26,15 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+from support.db import database_url
 from support.fault_server import FaultServer, Json, Wait
 from support.live_service import LiveService, live_service
 from support.patients import Scenario, workup_request
+
+from service.feedback import tables
+from service.feedback.database import normalise_url
 
 CONNECTIONS = 32
 GRACE_SECONDS = 10
@@ -128,36 +133,51 @@ async def _load_through_sigterm(service: LiveService) -> tuple[Load, float]:
             asyncio.create_task(_connection(client, load, index, deadline))
             for index in range(CONNECTIONS)
         ]
-        while load.answered < BEFORE_SIGNAL and time.monotonic() < deadline:
-            assert not all(task.done() for task in posting), "the load stopped before the signal"
-            await asyncio.sleep(0.01)
-        load.signalled_at = time.monotonic()
-        service.process.send_signal(signal.SIGTERM)
         try:
-            await asyncio.to_thread(service.process.wait, GRACE_SECONDS + 20)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"not stopped {GRACE_SECONDS + 20} s after SIGTERM:\n{service.output()}")
-        exited_after = time.monotonic() - load.signalled_at
-        await asyncio.wait_for(asyncio.gather(*posting), timeout=MAX_SECONDS)
+            while load.answered < BEFORE_SIGNAL and time.monotonic() < deadline:
+                assert not all(task.done() for task in posting), "the load stopped early"
+                await asyncio.sleep(0.01)
+            load.signalled_at = time.monotonic()
+            service.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(service.process.wait, GRACE_SECONDS + 20)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"not stopped {GRACE_SECONDS + 20} s after SIGTERM")
+            exited_after = time.monotonic() - load.signalled_at
+            await asyncio.wait_for(asyncio.gather(*posting), timeout=MAX_SECONDS)
+        finally:
+            for task in posting:
+                task.cancel()
     return load, exited_after
 
 
-def _stored(database: Path) -> tuple[set[str], set[str]]:
-    """The feedback card uuids and the issued card uuids in the service's SQLite database."""
-    with sqlite3.connect(database) as db:
-        feedback = {row[0] for row in db.execute("SELECT card_uuid FROM feedback")}
-        issued = {row[0] for row in db.execute("SELECT uuid FROM issued_cards")}
+async def _stored(database_url: str) -> tuple[set[str], set[str]]:
+    """The feedback card uuids and the issued card uuids in the service's database."""
+    engine = create_async_engine(normalise_url(database_url))
+    try:
+        async with engine.connect() as db:
+            feedback = set((await db.execute(sa.select(tables.feedback.c.card_uuid))).scalars())
+            issued = set((await db.execute(sa.select(tables.issued_cards.c.uuid))).scalars())
+    finally:
+        await engine.dispose()
     return feedback, issued
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-async def test_sigterm_under_load_loses_no_accepted_request(tmp_path: Path, workers: str) -> None:
+@pytest.mark.parametrize(
+    ("workers", "backend"),
+    [("1", "sqlite"), ("2", "sqlite"), pytest.param("2", "postgres", marks=pytest.mark.postgres)],
+)
+async def test_sigterm_under_load_loses_no_accepted_request(
+    tmp_path: Path, workers: str, backend: str
+) -> None:
     data = tmp_path / "data"
-    env = {"RPL_CDS_SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS)}
-    with live_service(data, "--workers", workers, env=env) as service:
-        load, exited_after = await _load_through_sigterm(service)
-        returncode = service.process.returncode
-        output = service.output()
+    async with database_url(backend, data) as url:
+        env = {"RPL_CDS_SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS), "RPL_CDS_DATABASE_URL": url}
+        with live_service(data, "--workers", workers, env=env) as service:
+            load, exited_after = await _load_through_sigterm(service)
+            returncode = service.process.returncode
+            output = service.output()
+        feedback, issued = await _stored(url)
     assert load.signalled_at is not None
 
     failed = [r for r in load.sent if r.error is not None]
@@ -173,7 +193,6 @@ async def test_sigterm_under_load_loses_no_accepted_request(tmp_path: Path, work
     assert returncode in (0, -signal.SIGTERM), output[-3000:]
     assert exited_after < GRACE_SECONDS, f"exited {exited_after:.1f} s after SIGTERM"
 
-    feedback, issued = _stored(data / "rpl-cds.db")
     acknowledged = {card for r in answered for card in r.feedback_cards}
     assert acknowledged, "no feedback was acknowledged"
     assert acknowledged - feedback == set(), "feedback acknowledged with 200 but not stored"
