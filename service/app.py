@@ -25,14 +25,19 @@ from service.feedback.store import FeedbackStore
 from service.fhir.egress import CheckedBackend, EgressPolicy, checked_transport
 from service.fhir.fetch import FhirFetcher
 from service.fhirops.routes import router as fhirops_router
+from service.ops.concurrency_limit import ConcurrencyLimit
 from service.ops.metrics import Metrics
 from service.ops.middleware import CallObserver
+from service.ops.routes import OPERATIONS_PATHS
 from service.ops.routes import router as ops_router
 from service.ops.serving_process import tune_for_serving
 from service.runtime import Runtime
 from service.settings import Settings, data_root
 
 log = logging.getLogger("rpl_cds")
+
+# A database restart or failover takes seconds; sooner retries would only meet it again.
+DATABASE_RETRY_AFTER_SECONDS = 5
 
 
 def create_app(settings: Settings | None = None, catalogue: Catalogue | None = None) -> FastAPI:
@@ -130,6 +135,14 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
             max_age=600,
         )
     app.add_middleware(CallObserver, metrics=metrics)
+    # Outermost: a refusal costs no log line or latency sample, at the moment when there may be
+    # many. Health checks and scrapes are never refused.
+    app.add_middleware(
+        ConcurrencyLimit,
+        limit=settings.max_concurrent_calls,
+        exempt_paths=OPERATIONS_PATHS,
+        rejected=metrics.rejected,
+    )
     return app
 
 
@@ -156,7 +169,11 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
     # An outage of the database (feedback store, replay cache) is the service's problem, not the
     # client's: 503 tells the EHR to try again, where a 401 or 500 would mislead.
     log.error("database unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
-    return outcome_response(503, "the service's database is unavailable; try again shortly")
+    return outcome_response(
+        503,
+        "the service's database is unavailable; try again shortly",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
 
 
 def _contract() -> dict[str, Any]:

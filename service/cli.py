@@ -179,8 +179,10 @@ def _shown(path: Path, root: Path) -> str:
 
 def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
     from service.feedback.revision import migrate_database
+    from service.ops.graceful_shutdown import DrainingHttpToolsProtocol, serve
     from service.ops.logging import configure_logging, logging_config
 
     configure_logging(settings.log_level)
@@ -206,17 +208,19 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
         from service.app import create_app, serving
 
         app = serving(create_app(settings, catalogue))
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         factory=workers > 1,
         host=host,
         port=port,
         workers=workers,
+        http=DrainingHttpToolsProtocol,
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         log_config=logging_config(settings.log_level),
         access_log=False,
         proxy_headers=True,
     )
-    return 0
+    return 0 if serve(config) else STARTUP_FAILURE
 
 
 def _share_metrics(directory: Path) -> None:

@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     # benchmark and for operators; off by default (it tells callers about the internals).
     server_timing: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # After SIGTERM: how long requests in progress may take to finish before they are cut off.
+    # Below Kubernetes' default terminationGracePeriodSeconds (30), which ends in SIGKILL.
+    shutdown_grace_seconds: int = Field(default=20, ge=1, le=600)
+    # Calls a worker handles at once; more get 503 with Retry-After at once. A worker's CPU work
+    # is serial, so a call beyond this would only wait, on time the EHR may no longer give it.
+    max_concurrent_calls: int = Field(default=32, ge=1, le=10_000)
 
     @field_validator(
         "knowledge_dirs",

@@ -192,3 +192,4 @@ async def test_database_outage_during_auth_is_503(
     async with make_client(database_url=closed, auto_migrate=False, **auth_settings) as client:
         response = await client.get("/cds-services", headers=token(keys["ehr"], "/cds-services"))
     assert_outcome(response, 503, "database")
+    assert int(response.headers["retry-after"]) > 0

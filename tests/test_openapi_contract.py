@@ -4,8 +4,10 @@ one the app actually produces with the documented body."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from fastapi import FastAPI
 from openapi_spec_validator import validate as validate_openapi
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
+from support.fault_server import FaultServer, Json, Wait, searchset
 from support.jwt_tokens import SigningKey, bearer, mint, new_es384_key, write_jwks
 from support.patients import WORKUP_KEYS
 
@@ -596,6 +599,58 @@ async def test_unready_database_is_503(
     body = assert_documented(response, "/readyz", "GET")
     assert response.status_code == 503
     assert_outcome(body, "transient")
+
+
+async def test_worker_at_its_call_limit_is_503_with_retry_after(tmp_path: Path) -> None:
+    """One call in progress, held by a FHIR server that answers when told, fills a limit of 1:
+    every limited operation is then refused as documented."""
+    app = create_app(
+        Settings(
+            data_dir=tmp_path,
+            max_concurrent_calls=1,
+            fhir_allow_http=True,
+            fhir_time_budget_seconds=60,
+        )
+    )
+    release = threading.Event()
+    refused: list[tuple[str, str, httpx.Response]] = []
+    with FaultServer() as fhir:
+        fhir.route("", Wait(release, Json(searchset([]))))
+        held_call = {**patient_view_request(), "fhirServer": fhir.base_url}
+        del held_call["prefetch"]
+        async with app.router.lifespan_context(app), await _client(app) as http:
+            held = asyncio.create_task(http.post(f"/cds-services/{WORKUP}", json=held_call))
+            try:
+                for _ in range(2000):  # 20 s at most
+                    if fhir.requests:
+                        break
+                    await asyncio.sleep(0.01)
+                assert fhir.requests, "the held call never reached the FHIR server"
+                for method, path, url, body in [
+                    ("GET", "/cds-services", "/cds-services", None),
+                    ("POST", "/cds-services/{service_id}", f"/cds-services/{WORKUP}", {}),
+                    (
+                        "POST",
+                        "/cds-services/{service_id}/feedback",
+                        f"/cds-services/{WORKUP}/feedback",
+                        {},
+                    ),
+                    ("GET", "/analytics/feedback", "/analytics/feedback", None),
+                    (
+                        "POST",
+                        "/PlanDefinition/{plan_id}/$apply",
+                        "/PlanDefinition/rpl-workup/$apply",
+                        {},
+                    ),
+                ]:
+                    refused.append((method, path, await http.request(method, url, json=body)))
+            finally:
+                release.set()
+            assert (await held).status_code == 200
+    for method, path, response in refused:
+        body = assert_documented(response, path, method)
+        assert response.status_code == 503, f"{method} {path}"
+        assert_outcome(body, "transient")
 
 
 # --------------------------------------------------------------------------- authentication

@@ -46,6 +46,11 @@ class Metrics:
             "Issued cards not recorded for analytics (the database was unavailable too long)",
             registry=self.registry,
         )
+        self.rejected = Counter(
+            "rpl_cds_requests_rejected",
+            "Requests refused with 503 because the worker was at RPL_CDS_MAX_CONCURRENT_CALLS",
+            registry=self.registry,
+        )
         self.fhir_fetch = Histogram(
             "rpl_cds_fhir_fetch_duration_seconds",
             "Time of each FHIR query made to the EHR's server",

@@ -15,6 +15,9 @@ from service.runtime import Runtime, get_runtime
 
 router = APIRouter()
 
+# What orchestrators and scrapers call: answered however busy the service is.
+OPERATIONS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 

@@ -88,6 +88,15 @@ class Delay:
 
 
 @dataclass(frozen=True)
+class Wait:
+    """Wait until `event` is set, then do `then` (woken early when the server stops): a server
+    that answers exactly when the test says so."""
+
+    event: threading.Event
+    then: Behaviour
+
+
+@dataclass(frozen=True)
 class Huge:
     """A body of `size` bytes, written in chunks as it goes (never built in memory): the start of
     a searchset Bundle followed by padding. With `declare_length` the size is sent as
@@ -135,7 +144,7 @@ class Sequence:
         return step
 
 
-Behaviour = Json | Status | Raw | Delay | Huge | Trickle | Drop | Echo | Sequence
+Behaviour = Json | Status | Raw | Delay | Wait | Huge | Trickle | Drop | Echo | Sequence
 
 
 def outcome(text: str, code: str = "exception") -> dict[str, Any]:
@@ -204,6 +213,11 @@ class _Handler(BaseHTTPRequestHandler):
             case Delay(seconds=seconds, then=then):
                 if fault.stopping.wait(seconds):
                     raise _Stopped
+                self._perform(then, record)
+            case Wait(event=event, then=then):
+                while not event.wait(0.05):
+                    if fault.stopping.is_set():
+                        raise _Stopped
                 self._perform(then, record)
             case Echo(make=make):
                 self._perform(make(record, fault), record)
