@@ -125,7 +125,16 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
     app.include_router(admin_router)
     app.include_router(fhirops_router)
     app.include_router(ops_router)
-    app.add_middleware(UnexpectedErrors)  # inside CORS, so a browser can read the 500 too
+    # Added innermost first. Both answer inside CORS, so that a browser can read a 500 or a 503;
+    # the observer outside everything counts and logs every answer, refusals included.
+    app.add_middleware(UnexpectedErrors)
+    # Health checks and scrapes are never refused.
+    app.add_middleware(
+        ConcurrencyLimit,
+        limit=settings.max_concurrent_calls,
+        exempt_paths=OPERATIONS_PATHS,
+        rejected=metrics.rejected,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -135,14 +144,6 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
             max_age=600,
         )
     app.add_middleware(CallObserver, metrics=metrics)
-    # Outermost: a refusal costs no log line or latency sample, at the moment when there may be
-    # many. Health checks and scrapes are never refused.
-    app.add_middleware(
-        ConcurrencyLimit,
-        limit=settings.max_concurrent_calls,
-        exempt_paths=OPERATIONS_PATHS,
-        rejected=metrics.rejected,
-    )
     return app
 
 
