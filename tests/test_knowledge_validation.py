@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -636,3 +637,47 @@ def test_right_check_digits_load(tmp_path: Path) -> None:
     )
     (tmp_path / "vs.json").write_text(json.dumps(good))
     assert load_catalogue([tmp_path]).services == {}
+
+
+def test_unit_spellings_normalise_written_forms_in_one_place() -> None:
+    from service.engine.units import UnitTable
+
+    table = {"conversions": [{"from": "u[IU]/mL", "to": "m[IU]/L", "factor": 1}]}
+    spellings = {"spellings": {"µIU/mL": "u[IU]/mL", "mU/L": "m[IU]/L"}}
+    units = UnitTable.from_documents(
+        [(Path("t.units.json"), table), (Path("s.units.json"), spellings)]
+    )
+    assert not units.problems
+    assert units.convert(5.5, "µIU/mL", "m[IU]/L") == Decimal("5.5")
+    assert units.convertible("mU/L", "m[IU]/L")
+    assert units.convert(1, "mIU/L", "m[IU]/L") is None  # not listed: not guessed
+
+
+@pytest.mark.parametrize(
+    ("spellings", "fragment"),
+    [
+        ({"GPL U/mL": "[GPL'U]/mL"}, "which no table knows"),
+        ({"m[IU]/L": "m[IU]/L"}, "a UCUM code needs no spelling"),
+        ({"x": "two words"}, "no spaces"),
+    ],
+)
+def test_unit_spelling_problems(spellings: dict[str, str], fragment: str) -> None:
+    from service.engine.units import UnitTable
+
+    table = {"conversions": [{"from": "u[IU]/mL", "to": "m[IU]/L", "factor": 1}]}
+    documents = [(Path("t.units.json"), table), (Path("s.units.json"), {"spellings": spellings})]
+    problems = UnitTable.from_documents(documents).problems
+    assert any(fragment in p.reason and p.file == Path("s.units.json") for p in problems), problems
+
+
+def test_one_written_form_has_one_meaning() -> None:
+    from service.engine.units import UnitTable
+
+    table = {"conversions": [{"from": "u[IU]/mL", "to": "m[IU]/L", "factor": 1}]}
+    documents = [
+        (Path("t.units.json"), table),
+        (Path("a.units.json"), {"spellings": {"mU/L": "m[IU]/L"}}),
+        (Path("b.units.json"), {"spellings": {"mU/L": "u[IU]/mL"}}),
+    ]
+    problems = UnitTable.from_documents(documents).problems
+    assert any("already means m[IU]/L" in p.reason for p in problems), problems
