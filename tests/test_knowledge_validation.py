@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,13 @@ def assert_reported(tmp_path: Path, files: dict[str, Any], expected: list[str]) 
     problems = problems_for(tmp_path, files)
     for fragment in expected:
         assert any(fragment in problem for problem in problems), problems
+
+
+def _requirement_with_code(system: str, code: str) -> dict[str, Any]:
+    return {
+        "type": "Condition",
+        "codeFilter": [{"path": "code", "code": [{"system": system, "code": code}]}],
+    }
 
 
 def with_condition(expression: str, **action: Any) -> dict[str, Any]:
@@ -209,7 +217,10 @@ def test_value_set_codes_become_a_prefetch_filter(tmp_path: Path) -> None:
         "status": "active",
         "compose": {
             "include": [
-                {"system": "http://snomed.info/sct", "concept": [{"code": "1"}, {"code": "2"}]}
+                {
+                    "system": "http://snomed.info/sct",
+                    "concept": [{"code": "17369002"}, {"code": "34801009"}],
+                }
             ]
         },
     }
@@ -227,7 +238,7 @@ def test_value_set_codes_become_a_prefetch_filter(tmp_path: Path) -> None:
     (tmp_path / "p.json").write_text(json.dumps(resource))
     service = load_catalogue([tmp_path]).services["test-plan"]
     assert service.prefetch == {
-        "losses": "Condition?patient={{context.patientId}}&code=http://snomed.info/sct|1,http://snomed.info/sct|2"
+        "losses": "Condition?patient={{context.patientId}}&code=http://snomed.info/sct|17369002,http://snomed.info/sct|34801009"
     }
 
 
@@ -485,3 +496,188 @@ def test_a_dynamic_value_path_must_be_names_and_indexes(tmp_path: Path) -> None:
         {"p.json": bad},
         ["dynamicValue[0].path: a path is element names and [n] indexes only"],
     )
+
+
+# Check digits: a code whose check digit fails is a typo and must not load, wherever it is.
+SCT, LOINC = "http://snomed.info/sct", "http://loinc.org"
+
+
+def value_set(**compose: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "ValueSet",
+        "url": "https://example.org/ValueSet/codes",
+        "status": "active",
+        **compose,
+    }
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            # A UK-extension id cut to 15 significant digits by a spreadsheet.
+            {
+                "vs.json": value_set(
+                    compose={
+                        "include": [{"system": SCT, "concept": [{"code": "1323351000000100"}]}]
+                    }
+                )
+            },
+            [
+                "vs.json: ValueSet.compose.include[0].concept[0].code: SNOMED CT id "
+                "1323351000000100 fails its Verhoeff check digit"
+            ],
+        ),
+        (
+            {
+                "vs.json": value_set(
+                    compose={
+                        "include": [
+                            {"system": LOINC, "concept": [{"code": "8099-4"}, {"code": "21668-1"}]}
+                        ],
+                        "exclude": [{"system": SCT, "concept": [{"code": "17369003"}]}],
+                    }
+                )
+            },
+            [
+                "ValueSet.compose.include[0].concept[1].code: LOINC code 21668-1 fails its mod-10",
+                "ValueSet.compose.exclude[0].concept[0].code: SNOMED CT id 17369003 fails",
+            ],
+        ),
+        (
+            # LOINC answer codes carry a check digit over the prefix too (LA15173-0 is right).
+            {
+                "vs.json": value_set(
+                    expansion={
+                        "timestamp": "2026-01-01",
+                        "contains": [
+                            {"system": LOINC, "code": "LA15173-0"},
+                            {"system": LOINC, "code": "LA15173-1"},
+                        ],
+                    }
+                )
+            },
+            ["vs.json: ValueSet.expansion.contains[1].code: LOINC code LA15173-1 fails"],
+        ),
+        (
+            {
+                "ad.json": {
+                    "resourceType": "ActivityDefinition",
+                    "url": "https://example.org/ActivityDefinition/a",
+                    "status": "active",
+                    "kind": "ServiceRequest",
+                    "code": {"coding": [{"system": LOINC, "code": "24475-8"}]},
+                }
+            },
+            ["ad.json: ActivityDefinition.code.coding[0].code: LOINC code 24475-8 fails"],
+        ),
+        (
+            {
+                "cm.json": {
+                    "resourceType": "ConceptMap",
+                    "url": "https://example.org/ConceptMap/m",
+                    "status": "active",
+                    "group": [
+                        {
+                            "source": "https://lab.example/codes",
+                            "target": LOINC,
+                            "element": [
+                                {
+                                    "code": "TPO",
+                                    "target": [{"code": "8099-5", "equivalence": "equivalent"}],
+                                }
+                            ],
+                        }
+                    ],
+                }
+            },
+            ["cm.json: ConceptMap.group[0].element[0].target[0].code: LOINC code 8099-5 fails"],
+        ),
+        (
+            {"p.json": with_condition("true", input=[_requirement_with_code(SCT, "12345")])},
+            ["PlanDefinition.action[0].input[0].codeFilter[0].code[0].code: SNOMED CT id '12345'"],
+        ),
+    ],
+)
+def test_a_code_with_a_wrong_check_digit_is_refused(
+    tmp_path: Path, files: dict[str, Any], expected: list[str]
+) -> None:
+    assert_reported(tmp_path, files, expected)
+
+
+def test_validate_command_names_file_and_element_of_a_wrong_check_digit(tmp_path: Path) -> None:
+    bad = value_set(
+        compose={
+            "include": [
+                {"system": SCT, "concept": [{"code": "77386006"}, {"code": "1323351000000100"}]}
+            ]
+        }
+    )
+    (tmp_path / "ValueSet-bleeding.json").write_text(json.dumps(bad))
+    result = run_cli("validate", str(tmp_path))
+    assert result.returncode == 1
+    assert (
+        "ValueSet-bleeding.json: ValueSet.compose.include[0].concept[1].code: SNOMED CT id "
+        "1323351000000100 fails its Verhoeff check digit"
+    ) in result.stderr
+    assert "1 problem(s) found" in result.stderr
+
+
+def test_right_check_digits_load(tmp_path: Path) -> None:
+    """Codes with right check digits load: plain LOINC, LOINC answers, SNOMED CT (an 18-digit
+    extension-form id too); systems without a check digit are not checked."""
+    good = value_set(
+        compose={
+            "include": [
+                {"system": LOINC, "concept": [{"code": "82810-3"}, {"code": "LA26683-5"}]},
+                {"system": SCT, "concept": [{"code": "60001007"}, {"code": "999000011000000103"}]},
+                {"system": "http://hl7.org/fhir/sid/icd-10-cm", "concept": [{"code": "O20.0"}]},
+            ]
+        }
+    )
+    (tmp_path / "vs.json").write_text(json.dumps(good))
+    assert load_catalogue([tmp_path]).services == {}
+
+
+def test_unit_spellings_normalise_written_forms_in_one_place() -> None:
+    from service.engine.units import UnitTable
+
+    table = {"conversions": [{"from": "u[IU]/mL", "to": "m[IU]/L", "factor": 1}]}
+    spellings = {"spellings": {"µIU/mL": "u[IU]/mL", "mU/L": "m[IU]/L"}}
+    units = UnitTable.from_documents(
+        [(Path("t.units.json"), table), (Path("s.units.json"), spellings)]
+    )
+    assert not units.problems
+    assert units.convert(5.5, "µIU/mL", "m[IU]/L") == Decimal("5.5")
+    assert units.convertible("mU/L", "m[IU]/L")
+    assert units.convert(1, "mIU/L", "m[IU]/L") is None  # not listed: not guessed
+
+
+@pytest.mark.parametrize(
+    ("spellings", "fragment"),
+    [
+        ({"GPL U/mL": "[GPL'U]/mL"}, "which no table knows"),
+        ({"m[IU]/L": "m[IU]/L"}, "a UCUM code needs no spelling"),
+        ({"x": "two words"}, "no spaces"),
+    ],
+)
+def test_unit_spelling_problems(spellings: dict[str, str], fragment: str) -> None:
+    from service.engine.units import UnitTable
+
+    table = {"conversions": [{"from": "u[IU]/mL", "to": "m[IU]/L", "factor": 1}]}
+    documents = [(Path("t.units.json"), table), (Path("s.units.json"), {"spellings": spellings})]
+    problems = UnitTable.from_documents(documents).problems
+    assert any(fragment in p.reason and p.file == Path("s.units.json") for p in problems), problems
+
+
+def test_one_written_form_has_one_meaning() -> None:
+    from service.engine.units import UnitTable
+
+    table = {"conversions": [{"from": "u[IU]/mL", "to": "m[IU]/L", "factor": 1}]}
+    documents = [
+        (Path("t.units.json"), table),
+        (Path("a.units.json"), {"spellings": {"mU/L": "m[IU]/L"}}),
+        (Path("b.units.json"), {"spellings": {"mU/L": "u[IU]/mL"}}),
+    ]
+    problems = UnitTable.from_documents(documents).problems
+    assert any("already means m[IU]/L" in p.reason for p in problems), problems

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service.engine.check_digits import code_problems
 from service.engine.fhirpath import (
     BUILTIN_VARIABLES,
     RESOURCE_TYPES,
@@ -161,6 +162,8 @@ def load_knowledge(
     documents = list(_read_documents(directories, problems))
     for file, resource in documents:
         _register(knowledge, file, resource, problems, cache)
+        # A code whose check digit fails is a typo: it would silently match nothing.
+        problems.extend(Problem(file, path, reason) for path, reason in code_problems(resource))
     # Terminology and units first: the engine functions compiled into expressions use them.
     knowledge.terminology = Terminology.from_knowledge(knowledge)
     for canonical, reason in knowledge.terminology.problems():

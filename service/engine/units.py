@@ -16,6 +16,14 @@ has no resource for such a table, so it is a small JSON document beside the Valu
       ]
     }
 
+`spellings` (optional) maps the ways EHRs write a unit that are not UCUM codes to the UCUM code they
+mean: `{"uIU/mL": "u[IU]/mL", "GPL U/mL": "[GPL'U]/mL"}`. It is the one place written forms are
+normalised: a Quantity's unit is looked up there first (exactly, case and all), and the analyte
+tables then convert UCUM codes only. A spelling translates the writing, never the quantity (`mU/L`
+of TSH is `m[IU]/L`; factors belong in `conversions`); its target must be a unit some table knows,
+and one written form has one meaning across all tables. A document of spellings alone needs no
+`conversions`.
+
 A conversion means `to = from * factor + offset`. Its inverse, `from = (to - offset) / factor`, is
 derived automatically (so each pair is written once; writing both directions is a problem, since
 two rounded published factors are rarely exact inverses). Converting a unit to itself is always the
@@ -47,7 +55,7 @@ from service.engine.problems import Problem
 UCUM = "http://unitsofmeasure.org"
 UNIT_TABLE_SUFFIX = ".units.json"
 
-_DOCUMENT_KEYS = frozenset({"description", "source", "units", "conversions"})
+_DOCUMENT_KEYS = frozenset({"description", "source", "units", "conversions", "spellings"})
 _ENTRY_KEYS = frozenset({"from", "to", "factor", "offset", "note"})
 
 
@@ -69,6 +77,8 @@ class UnitTable:
     _conversions: Mapping[tuple[str, str], _Conversion] = field(default_factory=dict)
     units: frozenset[str] = frozenset()
     problems: tuple[Problem, ...] = ()
+    # written form (not UCUM) -> the UCUM code it means
+    _spellings: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, directories: Iterable[Path]) -> UnitTable:
@@ -85,7 +95,7 @@ class UnitTable:
                 except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
                     problems.append(Problem(file, "-", f"not readable JSON: {error}"))
         table = cls.from_documents(documents)
-        return cls(table._conversions, table.units, (*problems, *table.problems))
+        return cls(table._conversions, table.units, (*problems, *table.problems), table._spellings)
 
     @classmethod
     def from_documents(cls, documents: Iterable[tuple[Path, Any]]) -> UnitTable:
@@ -99,7 +109,13 @@ class UnitTable:
         """Whether the unit appears in any table (as from, to or listed unit)."""
         return unit in self.units
 
+    def normalise(self, unit: str) -> str:
+        """The UCUM code a written unit stands for (by the spelling table); UCUM codes and unknown
+        spellings are returned as they are."""
+        return self._spellings.get(unit, unit)
+
     def convertible(self, from_unit: str, to_unit: str) -> bool:
+        from_unit = self.normalise(from_unit)
         return from_unit == to_unit or (from_unit, to_unit) in self._conversions
 
     def convert(self, value: Decimal | float | int, from_unit: str, to_unit: str) -> Decimal | None:
@@ -107,6 +123,7 @@ class UnitTable:
         number = to_decimal(value)
         if number is None:
             return None
+        from_unit = self.normalise(from_unit)
         if from_unit == to_unit:
             return number
         conversion = self._conversions.get((from_unit, to_unit))
@@ -147,6 +164,8 @@ class _Builder:
     conversions: dict[tuple[str, str], _Conversion] = field(default_factory=dict)
     units: set[str] = field(default_factory=set)
     problems: list[Problem] = field(default_factory=list)
+    # written form -> (UCUM code, file and element that define it)
+    spellings: dict[str, tuple[str, Path, str]] = field(default_factory=dict)
 
     def problem(self, file: Path, path: str, reason: str) -> None:
         self.problems.append(Problem(file, path, reason))
@@ -169,12 +188,32 @@ class _Builder:
                     self.units.add(unit)
                 else:
                     self.problem(file, f"units[{index}]", "a UCUM code: non-empty, no spaces")
-        conversions = document.get("conversions")
+        if "spellings" in document:
+            self.spelling_map(file, document["spellings"])
+        conversions = document.get("conversions", [] if "spellings" in document else None)
         if not isinstance(conversions, list):
             self.problem(file, "conversions", "a list of conversions is required")
             return
         for index, entry in enumerate(conversions):
             self.entry(file, f"conversions[{index}]", entry)
+
+    def spelling_map(self, file: Path, spellings: Any) -> None:
+        if not isinstance(spellings, dict):
+            self.problem(file, "spellings", "an object from written form to UCUM code")
+            return
+        for written, ucum in spellings.items():
+            path = f"spellings[{written!r}]"
+            if not written.strip() or written != written.strip():
+                self.problem(file, path, "a written form is non-empty, without outer spaces")
+            elif not _valid_unit(ucum):
+                self.problem(file, path, "the UCUM code it means is required (no spaces)")
+            elif written == ucum:
+                self.problem(file, path, "a UCUM code needs no spelling")
+            elif written in self.spellings and self.spellings[written][0] != ucum:
+                known, other, where = self.spellings[written]
+                self.problem(file, path, f"already means {known} ({other} {where})")
+            else:
+                self.spellings.setdefault(written, (ucum, file, path))
 
     def entry(self, file: Path, path: str, entry: Any) -> None:
         if not isinstance(entry, dict):
@@ -230,7 +269,15 @@ class _Builder:
         self.units.update((source, target))
 
     def build(self) -> UnitTable:
-        return UnitTable(dict(self.conversions), frozenset(self.units), tuple(self.problems))
+        for written, (ucum, file, path) in self.spellings.items():
+            if ucum not in self.units:
+                self.problem(file, path, f"{written!r} means {ucum}, which no table knows")
+            elif written in self.units:
+                self.problem(file, path, f"{written!r} is a unit of a table, not a spelling")
+        spellings = {written: ucum for written, (ucum, _, _) in self.spellings.items()}
+        return UnitTable(
+            dict(self.conversions), frozenset(self.units), tuple(self.problems), spellings
+        )
 
 
 def _number(value: Any) -> Decimal | None:
