@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from support.canary import Canary
 
 from service.app import create_app
 from service.settings import Settings
@@ -50,3 +52,32 @@ def make_client(make_settings: Callable[..., Settings]) -> ClientFactory:
 async def client(make_client: ClientFactory) -> AsyncIterator[httpx.AsyncClient]:
     async with make_client() as http:
         yield http
+
+
+@pytest.fixture(autouse=True)
+def log_canary(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> Iterator[Canary]:
+    """Every test: the secrets of every request it sends are collected, and the test fails if a
+    log record production would write holds one (support/canary.py)."""
+    canary = Canary()
+    sync_send, async_send = httpx.Client.send, httpx.AsyncClient.send
+
+    def send(client: httpx.Client, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        canary.read(request)
+        return sync_send(client, request, **kwargs)
+
+    async def asend(
+        client: httpx.AsyncClient, request: httpx.Request, **kwargs: Any
+    ) -> httpx.Response:
+        canary.read(request)
+        return await async_send(client, request, **kwargs)
+
+    monkeypatch.setattr(httpx.Client, "send", send)
+    monkeypatch.setattr(httpx.AsyncClient, "send", asend)
+    caplog.set_level(logging.INFO)  # what production logs (RPL_CDS_LOG_LEVEL's default)
+    yield canary
+    records = [*caplog.get_records("setup"), *caplog.get_records("call")]
+    leaks = canary.leaks(records)
+    if leaks:
+        pytest.fail(f"a token, JWT or patient id was logged: {leaks}", pytrace=False)
