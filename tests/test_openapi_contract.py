@@ -551,10 +551,10 @@ async def test_unexpected_failure_is_500_operation_outcome(
 async def test_unready_database_is_503(
     app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def unreachable() -> bool:
-        return False
+    async def unreachable() -> str:
+        return "connection refused"
 
-    monkeypatch.setattr(app.state.runtime.store, "ping", unreachable)
+    monkeypatch.setattr(app.state.runtime.store, "check", unreachable)
     response = await client.get("/readyz")
     body = assert_documented(response, "/readyz", "GET")
     assert response.status_code == 503
