@@ -20,10 +20,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from support.db import postgres_database, sqlite_url
 from support.jwt_tokens import SigningKey, bearer, mint, new_es384_key, write_jwks
 from support.live_server import live_server
@@ -34,6 +36,7 @@ from test_feedback_http import ORDER_SIGN, issue_card, overridden
 from test_openapi_contract import assert_documented
 from test_service_calls import WORKUP, two_losses
 
+from service.feedback.outage import outage_reason
 from service.settings import IssuerConfig, Settings
 
 FEEDBACK = f"{ORDER_SIGN}/feedback"
@@ -49,6 +52,8 @@ CLIENT_TIMEOUT = httpx.Timeout(20.0)
 # The writer retries with a backoff that grows to 30 s; a few failures during a short outage mean
 # a retry within seconds, this is the bound.
 RECOVERY_SECONDS = 40.0
+LOAD_FEEDBACK = 20
+LOAD_HOOK_CALLS = 5
 
 
 def outage_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -181,6 +186,55 @@ async def test_postgres_goes_away_and_comes_back(
 
 
 @pytest.mark.postgres
+async def test_postgres_cut_under_load_loses_no_acknowledged_feedback(
+    proxied_postgres: tuple[str, TcpProxy], tmp_path: Path
+) -> None:
+    """Feedback and hook calls in flight when the server goes away: each feedback is either
+    acknowledged (and then kept) or refused with 503 (and then stored when the client retries),
+    and every hook call answers with its cards."""
+    url, proxy = proxied_postgres
+    with live_server(outage_settings(tmp_path, database_url=url)) as base_url:
+        async with client_for(base_url) as client:
+            cards = [await issue_card(client) for _ in range(LOAD_FEEDBACK)]
+
+            answers: dict[str, int] = {}
+            acknowledged = asyncio.Event()
+
+            async def send(card: dict[str, Any]) -> httpx.Response:
+                return await client.post(FEEDBACK, json={"feedback": [overridden(card)]})
+
+            async def sender(share: list[dict[str, Any]]) -> None:
+                # One after the other, so that some are sent before the cut and some after it.
+                for card in share:
+                    answers[card["uuid"]] = (await send(card)).status_code
+                    acknowledged.set()
+
+            async def cut_midway() -> None:
+                await asyncio.wait_for(acknowledged.wait(), CLIENT_TIMEOUT.read)
+                await asyncio.to_thread(proxy.cut)
+
+            await asyncio.gather(
+                sender(cards[0::2]),
+                sender(cards[1::2]),
+                issue_workup_cards(client, LOAD_HOOK_CALLS),
+                cut_midway(),
+            )
+            assert set(answers.values()) <= {200, 503}
+            assert 200 in answers.values()
+            refused = [card for card in cards if answers[card["uuid"]] == 503]
+            assert refused, "the cut came after the load: nothing was tested"
+
+            proxy.restore()
+            await ready(client)
+            for card in refused:
+                # A 503 can follow a commit whose answer was lost: the retry is then stored 0.
+                assert (await send(card)).json()["received"] == 1
+            await no_cards_pending(client)
+            topics = await analytics(client)
+    assert topics["warn-lit"]["overridden"] == LOAD_FEEDBACK
+
+
+@pytest.mark.postgres
 async def test_postgres_that_stops_answering_gives_503_not_a_hang(
     proxied_postgres: tuple[str, TcpProxy], tmp_path: Path
 ) -> None:
@@ -306,3 +360,48 @@ async def test_sqlite_disk_full(tmp_path: Path) -> None:
                 topics = await analytics(client)
     assert topics["warn-lit"]["issued"] == 2
     assert topics["warn-lit"]["overridden"] == 2
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def _sqlite_error(message: str, name: str) -> sqlite3.OperationalError:
+    error = sqlite3.OperationalError(message)
+    error.sqlite_errorname = name
+    return error
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (
+            ConnectionRefusedError(111, "Connect call failed ('10.0.0.7', 5432)"),
+            "connection refused",
+        ),
+        (TimeoutError(), "timed out"),
+        (asyncpg.exceptions.InterfaceError("connection is closed"), "connection lost"),
+        (asyncpg.exceptions.ConnectionDoesNotExistError("closed mid-operation"), "connection lost"),
+        (
+            asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+            "shutting down or starting up",
+        ),
+        (
+            asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients"),
+            "too many connections",
+        ),
+        (
+            DBAPIError("INSERT", {}, _sqlite_error("database is locked", "SQLITE_BUSY")),
+            "locked by another writer",
+        ),
+        (
+            DBAPIError("INSERT", {}, _sqlite_error("database or disk is full", "SQLITE_FULL")),
+            "disk full",
+        ),
+        (ValueError("card uuid is longer than 64 characters"), None),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else None,
+)
+def test_outage_reasons_are_fixed_safe_words(error: BaseException, reason: str | None) -> None:
+    """What the drivers raise for an outage becomes a reason in the service's own words (never the
+    driver's message, which can name hosts and users); anything else is not an outage."""
+    assert outage_reason(error) == reason

@@ -64,16 +64,20 @@ def outage_reason(error: BaseException) -> str | None:
     if isinstance(error, OSError):
         return "network error"
     if isinstance(error, DBAPIError):
+        if error.connection_invalidated:
+            return "connection lost"
+        return _driver_reason(error.orig)
+    # asyncpg raises its own errors, unwrapped, from SQLAlchemy's connect hooks (a connection
+    # closed while its codecs are set up). Recognised by module: importing asyncpg here would load
+    # it into every worker, also those serving SQLite.
+    if type(error).__module__.partition(".")[0] == "asyncpg":
         return _driver_reason(error)
     return None
 
 
-def _driver_reason(error: DBAPIError) -> str:
-    # Every DBAPIError counts as unavailable (a statement this service sends is tested; what fails
-    # in production is the database), with a precise reason where the driver gives one.
-    if error.connection_invalidated:
-        return "connection lost"
-    original = error.orig
+def _driver_reason(original: BaseException | None) -> str:
+    # Every driver error counts as unavailable (a statement this service sends is tested; what
+    # fails in production is the database), with a precise reason where the driver gives one.
     if isinstance(original, sqlite3.Error):
         name = getattr(original, "sqlite_errorname", "") or ""
         for prefix, sqlite_reason in _SQLITE_REASONS.items():
@@ -85,8 +89,8 @@ def _driver_reason(error: DBAPIError) -> str:
         server_reason = _SQLSTATE_REASONS.get(sqlstate) or _SQLSTATE_REASONS.get(sqlstate[:2])
         if server_reason is not None:
             return server_reason
-    if isinstance(original, ConnectionError | TimeoutError) or "connection is closed" in str(
-        original
-    ):
+    if isinstance(original, ConnectionError | TimeoutError) or "connection" in str(original):
+        # asyncpg's InterfaceError "connection is closed", ConnectionDoesNotExistError "connection
+        # was closed in the middle of operation", and the like.
         return "connection lost"
     return "database error"
