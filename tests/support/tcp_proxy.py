@@ -61,11 +61,6 @@ class TcpProxy:
             self._thread.join(_CONTROL_TIMEOUT_SECONDS)
             self._loop.close()
 
-    @property
-    def connections(self) -> int:
-        """Client connections open through the proxy now."""
-        return len(self._tasks)
-
     def cut(self) -> None:
         """Close every connection and refuse new ones, as a stopped database server does."""
         self._call(self._cut())
