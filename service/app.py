@@ -21,6 +21,7 @@ from service.engine.catalogue import Catalogue, load_catalogue
 from service.engine.knowledge_cache import KnowledgeCache
 from service.errors import UnexpectedErrors, install_error_handlers, outcome_response
 from service.feedback.issued_writer import IssuedCardWriter
+from service.feedback.outage import RETRY_AFTER_SECONDS, DatabaseUnavailable, outage_reason
 from service.feedback.store import FeedbackStore
 from service.fhir.egress import CheckedBackend, EgressPolicy, checked_transport
 from service.fhir.fetch import FhirFetcher
@@ -36,9 +37,6 @@ from service.settings import Settings, data_root
 
 log = logging.getLogger("rpl_cds")
 
-# A database restart or failover takes seconds; sooner retries would only meet it again.
-DATABASE_RETRY_AFTER_SECONDS = 5
-
 
 def create_app(settings: Settings | None = None, catalogue: Catalogue | None = None) -> FastAPI:
     """`catalogue`: knowledge already loaded from `settings`' directories, served as it is."""
@@ -52,7 +50,10 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         served = catalogue if catalogue is not None else _load_catalogue(settings)
         store = await FeedbackStore.open(
-            settings.resolved_database_url, migrate=settings.auto_migrate
+            settings.resolved_database_url,
+            migrate=settings.auto_migrate,
+            connect_timeout=settings.database_connect_timeout_seconds,
+            statement_timeout=settings.database_statement_timeout_seconds,
         )
         # For the operator's own endpoints (issuers' JWKS): not limited to the FHIR hosts.
         http = httpx.AsyncClient(
@@ -83,7 +84,7 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
                 "Set RPL_CDS_AUTH_ISSUERS to require signed JWTs from trusted EHRs."
             )
         fetcher = FhirFetcher(fhir_http, settings, metrics, policy)
-        issued = IssuedCardWriter(store, metrics.issued_dropped)
+        issued = IssuedCardWriter(store, metrics.issued_dropped, metrics.issued_pending)
         app.state.runtime = Runtime(
             settings, served, store, issued, http, metrics, authenticator, fetcher
         )
@@ -118,8 +119,10 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
 
     app.openapi = openapi  # type: ignore[method-assign]
     install_error_handlers(app)
-    # asyncpg reports a refused connection as a plain ConnectionError, not wrapped by SQLAlchemy.
-    for outage in (DBAPIError, ConnectionError):
+    # The store raises DatabaseUnavailable; the driver's own errors are caught too, for any
+    # database work outside the store's methods (asyncpg reports a refused connection as a plain
+    # ConnectionError, not wrapped by SQLAlchemy).
+    for outage in (DatabaseUnavailable, DBAPIError, ConnectionError):
         app.add_exception_handler(outage, _database_unavailable)
     app.include_router(cds_router)
     app.include_router(admin_router)
@@ -168,12 +171,17 @@ def _load_catalogue(settings: Settings) -> Catalogue:
 
 async def _database_unavailable(request: Request, exc: Exception) -> Response:
     # An outage of the database (feedback store, replay cache) is the service's problem, not the
-    # client's: 503 tells the EHR to try again, where a 401 or 500 would mislead.
-    log.error("database unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
+    # client's: 503 with Retry-After tells the EHR to try again, where a 401 or 500 would mislead.
+    # Nothing was stored, so a retry loses and duplicates nothing (feedback is idempotent).
+    reason = outage_reason(exc) or "database error"
+    log.error(
+        "database unavailable",
+        extra={"path": request.url.path, "reason": reason, "error": type(exc).__name__},
+    )
     return outcome_response(
         503,
-        "the service's database is unavailable; try again shortly",
-        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        f"the service's database is unavailable ({reason}); try again in {RETRY_AFTER_SECONDS} s",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 
 

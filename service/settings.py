@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     database_url: str | None = None
     auto_migrate: bool = True
+    # The database sits in the request path (feedback, the replay cache): an unreachable server
+    # must give a prompt 503, not a wait for the OS's TCP timeout. Connecting (PostgreSQL) and each
+    # statement, or the wait for another SQLite writer, are bounded; a request's database work
+    # ends within the sum of the two.
+    database_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    database_statement_timeout_seconds: float = Field(default=3.0, gt=0, le=300)
 
     auth_issuers: dict[str, IssuerConfig] = Field(default_factory=dict)
     auth_algorithms: Annotated[list[str], NoDecode] = Field(

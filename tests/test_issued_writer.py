@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from prometheus_client import Counter, Gauge
 from support.db import BACKENDS, database_url
 from support.patients import Scenario, workup_request
 from test_feedback_store import issued
@@ -20,6 +21,7 @@ from service.feedback.tables import issued_cards
 from service.ops.metrics import Metrics
 
 DROPPED = "rpl_cds_issued_card_records_dropped_total"
+PENDING = "rpl_cds_issued_card_records_pending"
 
 
 @pytest.fixture(params=BACKENDS)
@@ -30,6 +32,10 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             yield opened
         finally:
             await opened.close()
+
+
+def writer_metrics(metrics: Metrics) -> tuple[Counter, Gauge]:
+    return metrics.issued_dropped, metrics.issued_pending
 
 
 async def recorded(store: FeedbackStore) -> list[str]:
@@ -55,7 +61,7 @@ async def rename_table(store: FeedbackStore, old: str, new: str) -> None:
 
 async def test_cards_of_many_calls_are_written_together(store: FeedbackStore) -> None:
     commits = count_commits(store)
-    writer = IssuedCardWriter(store, Metrics().issued_dropped, interval=0.05)
+    writer = IssuedCardWriter(store, *writer_metrics(Metrics()), interval=0.05)
     for n in range(20):
         writer.add([issued(f"card-{n:02}-a"), issued(f"card-{n:02}-b")])
     # A re-sent hookInstance repeats its uuids: recorded once.
@@ -68,7 +74,7 @@ async def test_cards_of_many_calls_are_written_together(store: FeedbackStore) ->
 
 
 async def test_close_writes_what_is_pending(store: FeedbackStore) -> None:
-    writer = IssuedCardWriter(store, Metrics().issued_dropped, interval=60)
+    writer = IssuedCardWriter(store, *writer_metrics(Metrics()), interval=60)
     writer.add([issued("card-1"), issued("card-2")])
     await writer.close()
     assert await recorded(store) == ["card-1", "card-2"]
@@ -77,7 +83,7 @@ async def test_close_writes_what_is_pending(store: FeedbackStore) -> None:
 async def test_a_failed_write_is_kept_and_retried(
     store: FeedbackStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    writer = IssuedCardWriter(store, Metrics().issued_dropped, interval=0.05)
+    writer = IssuedCardWriter(store, *writer_metrics(Metrics()), interval=0.05)
     await rename_table(store, "issued_cards", "issued_cards_away")
     writer.add([issued("card-1")])
     await writer.flush()
@@ -98,16 +104,18 @@ async def test_a_long_outage_drops_the_oldest_cards_and_counts_them(
     store: FeedbackStore,
 ) -> None:
     metrics = Metrics()
-    writer = IssuedCardWriter(store, metrics.issued_dropped, interval=60, max_pending=3)
+    writer = IssuedCardWriter(store, *writer_metrics(metrics), interval=60, max_pending=3)
     await rename_table(store, "issued_cards", "issued_cards_away")
     writer.add([issued("card-1"), issued("card-2")])
     await writer.flush()
     writer.add([issued("card-3"), issued("card-4")])
     assert writer.pending == 3
     assert metrics.registry.get_sample_value(DROPPED) == 1
+    assert metrics.registry.get_sample_value(PENDING) == 3
     await rename_table(store, "issued_cards_away", "issued_cards")
     await writer.close()
     assert await recorded(store) == ["card-2", "card-3", "card-4"]
+    assert metrics.registry.get_sample_value(PENDING) == 0
 
 
 async def test_shutdown_records_the_cards_of_the_last_calls(make_client: Any) -> None:

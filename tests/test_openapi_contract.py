@@ -27,6 +27,7 @@ from support.patients import WORKUP_KEYS
 
 from service.app import create_app
 from service.cdshooks.contract import served_contract
+from service.feedback.outage import DatabaseUnavailable
 from service.settings import IssuerConfig, Settings
 
 CONTRACT_PATH = Path(__file__).resolve().parents[1] / "openapi.yaml"
@@ -126,11 +127,12 @@ def assert_documented(response: httpx.Response, path: str, method: str) -> Any:
     assert media_type in documented["content"], (
         f"{method} {path} {status} has content type {media_type}"
     )
-    for name, header in documented.get("headers", {}).items():
+    for name, node in documented.get("headers", {}).items():
+        header, header_pointer = _deref(node)
         if header.get("required", False):  # OpenAPI headers are optional unless required
             assert name in response.headers, f"{method} {path} {status} lacks the {name} header"
         if name in response.headers:
-            schema = validator_at(f"{pointer}/headers/{name}/schema")
+            schema = validator_at(f"{header_pointer or f'{pointer}/headers/{name}'}/schema")
             assert_valid(schema, response.headers[name], name)
     body = response.json()
     schema_pointer = f"{pointer}/content/{_pointer(media_type)[1:]}/schema"
@@ -591,10 +593,10 @@ async def test_unexpected_failure_is_500_operation_outcome(
 async def test_unready_database_is_503(
     app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def unreachable() -> bool:
-        return False
+    async def unreachable() -> str:
+        return "connection refused"
 
-    monkeypatch.setattr(app.state.runtime.store, "ping", unreachable)
+    monkeypatch.setattr(app.state.runtime.store, "check", unreachable)
     response = await client.get("/readyz")
     body = assert_documented(response, "/readyz", "GET")
     assert response.status_code == 503
@@ -651,6 +653,40 @@ async def test_worker_at_its_call_limit_is_503_with_retry_after(tmp_path: Path) 
         body = assert_documented(response, path, method)
         assert response.status_code == 503, f"{method} {path}"
         assert_outcome(body, "transient")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "url", "store_method"),
+    [
+        (
+            "POST",
+            "/cds-services/{service_id}/feedback",
+            f"/cds-services/{WORKUP}/feedback",
+            "save_feedback",
+        ),
+        ("GET", "/analytics/feedback", "/analytics/feedback", "summary"),
+    ],
+    ids=["feedback", "analytics"],
+)
+async def test_unavailable_database_is_503_with_retry_after(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    path: str,
+    url: str,
+    store_method: str,
+) -> None:
+    async def unavailable(*_: Any, **__: Any) -> Any:
+        raise DatabaseUnavailable("connection refused")
+
+    monkeypatch.setattr(app.state.runtime.store, store_method, unavailable)
+    feedback = example("FeedbackAccepted") if method == "POST" else None
+    response = await client.request(method, url, json=feedback)
+    body = assert_documented(response, path, method)
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) > 0
+    assert_outcome(body, "transient")
 
 
 # --------------------------------------------------------------------------- authentication

@@ -11,8 +11,9 @@ later. Feedback is joined to cards when analytics are read, not when it is store
 that arrives first is not misfiled. Shutdown writes what is pending; a killed worker loses the
 cards of its last `interval`.
 
-A database outage keeps the cards pending and retries at each interval, up to `max_pending`
-cards; beyond that the oldest are dropped, counted in a metric and logged.
+A database outage keeps the cards pending and retries, less often while it lasts (at most every
+MAX_RETRY_SECONDS), up to `max_pending` cards; beyond that the oldest are dropped, counted in a
+metric and logged. How many wait is a gauge, so an outage shows on the metrics.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import logging
 from collections.abc import Sequence
 from typing import Final
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
+from service.feedback.outage import outage_reason
 from service.feedback.records import IssuedCard
 from service.feedback.store import FeedbackStore
 
@@ -40,12 +42,14 @@ class IssuedCardWriter:
         self,
         store: FeedbackStore,
         dropped: Counter,
+        pending: Gauge,
         *,
         interval: float = DEFAULT_INTERVAL_SECONDS,
         max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
         self._store = store
         self._dropped = dropped
+        self._pending_gauge = pending
         self._interval = interval
         self._max_pending = max_pending
         # By uuid, in arrival order: a client re-sending a hookInstance repeats the uuids, and the
@@ -67,6 +71,7 @@ class IssuedCardWriter:
         for card in cards:
             self._pending.setdefault(card.uuid, card)
         self._drop_beyond_limit()
+        self._pending_gauge.set(len(self._pending))
         self._ensure_timer()
 
     async def flush(self) -> None:
@@ -84,7 +89,7 @@ class IssuedCardWriter:
                 log.error(
                     "recording issued cards failed; %d kept for the next try: %s",
                     len(batch),
-                    type(error).__name__,
+                    outage_reason(error) or type(error).__name__,
                 )
                 # Back in front of anything that arrived meanwhile, keeping arrival order.
                 self._pending = {card.uuid: card for card in batch} | self._pending
@@ -92,6 +97,8 @@ class IssuedCardWriter:
                 self._ensure_timer()
             else:
                 self._failures = 0
+            finally:
+                self._pending_gauge.set(len(self._pending))
 
     async def close(self) -> None:
         """Write what is pending (before the store closes)."""
@@ -104,6 +111,7 @@ class IssuedCardWriter:
             self._dropped.inc(len(self._pending))
             log.error("issued-card records lost at shutdown: %d not written", len(self._pending))
             self._pending.clear()
+            self._pending_gauge.set(0)
 
     def _ensure_timer(self) -> None:
         if not self._closed and (self._scheduled is None or self._scheduled.done()):

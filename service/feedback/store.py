@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.feedback.database import create_engine
+from service.feedback.database import POSTGRES_CONNECT_TIMEOUT_SECONDS, create_engine
+from service.feedback.outage import DatabaseUnavailable, outage_reason
 from service.feedback.records import FeedbackEntry, IssuedCard, TopicSummary
 from service.feedback.revision import current_revision, migrate_if_behind
 from service.feedback.tables import (
@@ -41,28 +42,47 @@ DialectInsert = sqlite.Insert | postgresql.Insert
 
 class FeedbackStore:
     """Implements `service.auth.replay.ReplayCache` too: the replay cache must be shared by all
-    worker processes, and this database already is."""
+    worker processes, and this database already is.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    The methods raise `DatabaseUnavailable` when the database cannot serve (unreachable, timed
+    out, locked, full); nothing was stored then, so the caller may safely try again."""
+
+    def __init__(self, engine: AsyncEngine, deadline: float | None = None) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
+        self._deadline = deadline
         self._next_purge = 0.0
 
     @classmethod
-    async def open(cls, database_url: str, *, migrate: bool = True) -> FeedbackStore:
+    async def open(
+        cls,
+        database_url: str,
+        *,
+        migrate: bool = True,
+        connect_timeout: float = POSTGRES_CONNECT_TIMEOUT_SECONDS,
+        statement_timeout: float | None = None,
+    ) -> FeedbackStore:
         """Connect lazily (the engine opens connections on first use) and, with `migrate`, bring
         the schema to the newest revision first. Worker processes may migrate at the same time;
         the database makes them wait for each other. Within one process, open stores one after
         the other: Alembic keeps the running migration in module globals.
+
+        With `statement_timeout` (see `create_engine`), each method's database work ends within
+        `connect_timeout + statement_timeout` seconds, with `DatabaseUnavailable` if not done.
         Raises ValueError for a URL that is neither SQLite nor PostgreSQL."""
-        engine = create_engine(database_url)
         if migrate:
+            # On an engine without the statement timeout: a migration may rightly take longer
+            # than any request should wait.
+            migrator = create_engine(database_url, connect_timeout=connect_timeout)
             try:
-                await migrate_if_behind(engine)
-            except BaseException:
-                await engine.dispose()
-                raise
-        return cls(engine)
+                await migrate_if_behind(migrator)
+            finally:
+                await migrator.dispose()
+        engine = create_engine(
+            database_url, connect_timeout=connect_timeout, statement_timeout=statement_timeout
+        )
+        deadline = None if statement_timeout is None else connect_timeout + statement_timeout
+        return cls(engine, deadline)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -73,7 +93,12 @@ class FeedbackStore:
         await self._engine.dispose()
 
     async def ping(self) -> bool:
-        """Whether the database answers within a couple of seconds (for readiness checks)."""
+        """Whether the database answers within a couple of seconds."""
+        return await self.check() is None
+
+    async def check(self) -> str | None:
+        """For readiness checks: None when the database answers within a couple of seconds, else
+        why not, in words safe to show (no host, user or driver message)."""
         try:
             async with (
                 asyncio.timeout(_PING_TIMEOUT_SECONDS),
@@ -83,9 +108,10 @@ class FeedbackStore:
         # A readiness probe must answer, whatever the driver raises for an unreachable server
         # (OSError, timeouts, driver-specific errors not wrapped by SQLAlchemy).
         except Exception as error:
-            log.warning("database ping failed: %s", type(error).__name__)
-            return False
-        return True
+            reason = outage_reason(error) or "unexpected error"
+            log.warning("database ping failed: %s (%s)", reason, type(error).__name__)
+            return reason
+        return None
 
     async def migration_revision(self) -> str | None:
         """The schema revision the database is at (None before the first migration)."""
@@ -110,7 +136,7 @@ class FeedbackStore:
         statement = self._insert(issued_cards).on_conflict_do_nothing(
             index_elements=[issued_cards.c.uuid]
         )
-        async with self._engine.begin() as connection:
+        async with self._unavailable_on_outage(), self._engine.begin() as connection:
             await connection.execute(statement, rows)
 
     async def save_feedback(self, entries: Sequence[FeedbackEntry]) -> int:
@@ -133,7 +159,7 @@ class FeedbackStore:
             # inconsistently for multi-row inserts.
             .returning(feedback.c.id)
         )
-        async with self._engine.begin() as connection:
+        async with self._unavailable_on_outage(), self._engine.begin() as connection:
             result = await connection.execute(statement, rows)
             return len(result.all())
 
@@ -181,7 +207,7 @@ class FeedbackStore:
         def of(topic_code: str) -> TopicSummary:
             return summaries.setdefault(topic_code, TopicSummary(topic_code=topic_code))
 
-        async with self._engine.connect() as connection:
+        async with self._unavailable_on_outage(), self._engine.connect() as connection:
             for topic_code, count in await connection.execute(issued_query):
                 of(topic_code).issued = count
             for topic_code, outcome, count in await connection.execute(outcome_query):
@@ -212,7 +238,7 @@ class FeedbackStore:
             set_={"expires_at": insert.excluded.expires_at},
             where=jwt_replay.c.expires_at <= now,
         ).returning(jwt_replay.c.jti)
-        async with self._engine.begin() as connection:
+        async with self._unavailable_on_outage(), self._engine.begin() as connection:
             fresh = (await connection.execute(statement)).first() is not None
         await self._purge_expired_jtis(now)
         return fresh
@@ -223,11 +249,25 @@ class FeedbackStore:
         # Set before awaiting, so concurrent requests in this worker do not all purge at once.
         self._next_purge = time.monotonic() + _PURGE_INTERVAL_SECONDS
         try:
-            async with self._engine.begin() as connection:
+            async with self._unavailable_on_outage(), self._engine.begin() as connection:
                 await connection.execute(sa.delete(jwt_replay).where(jwt_replay.c.expires_at < now))
         # The token was already checked and recorded; a failed clean-up must not reject it.
-        except SQLAlchemyError as error:
-            log.warning("purging expired JWT ids failed: %s", type(error).__name__)
+        except DatabaseUnavailable as error:
+            log.warning("purging expired JWT ids failed: %s", error.reason)
+
+    @asynccontextmanager
+    async def _unavailable_on_outage(self) -> AsyncIterator[None]:
+        """Bounds the database work of one method by the deadline, and turns what the drivers
+        raise for an outage (each its own types, some not wrapped by SQLAlchemy) into
+        `DatabaseUnavailable`. Entered before the connection, so connecting is bounded too."""
+        try:
+            async with asyncio.timeout(self._deadline):
+                yield
+        except Exception as error:
+            reason = outage_reason(error)
+            if reason is None:
+                raise
+            raise DatabaseUnavailable(reason) from error
 
     def _insert(self, table: sa.Table) -> DialectInsert:
         """INSERT with ON CONFLICT support: each dialect has its own construct for it."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 # Set by `rpl-cds serve` for several workers: prometheus-client then keeps every worker's values
 # in files there, and a scrape, answered by any one worker, reports the sum over all of them.
@@ -50,6 +50,14 @@ class Metrics:
             "rpl_cds_requests_rejected",
             "Requests refused with 503 because the worker was at RPL_CDS_MAX_CONCURRENT_CALLS",
             registry=self.registry,
+        )
+        # Normally a few cards for at most 0.2 s; a count that stays up means the database is
+        # refusing the writes. livesum: the workers' buffers add up, a dead worker's drop out.
+        self.issued_pending = Gauge(
+            "rpl_cds_issued_card_records_pending",
+            "Issued cards held in memory, not yet recorded for analytics",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.fhir_fetch = Histogram(
             "rpl_cds_fhir_fetch_duration_seconds",

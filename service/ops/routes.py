@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.errors import outcome_response
+from service.errors import Issue, outcome_response
+from service.feedback.outage import RETRY_AFTER_SECONDS
 from service.runtime import Runtime, get_runtime
 
 router = APIRouter()
@@ -28,13 +29,20 @@ async def healthz() -> Response:
 
 @router.get("/readyz")
 async def readyz(runtime: RuntimeDep) -> Response:
-    database = await runtime.store.ping()
+    # The reason is in fixed words from the store, never the driver's message: this endpoint is
+    # open, and a driver's message can name the host, port and user.
+    problem = await runtime.store.check()
+    if problem is not None:
+        return outcome_response(
+            503,
+            f"not ready: the database is unavailable ({problem})",
+            [Issue(f"database: {problem}")],
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
     checks = {
         "knowledge": f"{len(runtime.catalogue.services)} services",
-        "database": "reachable" if database else "unreachable",
+        "database": "reachable",
     }
-    if not database:
-        return outcome_response(503, "not ready: the database is unreachable")
     body = {"status": "ready", "checks": checks}
     return Response(orjson.dumps(body), media_type="application/json")
 
