@@ -22,17 +22,27 @@ _REQUESTS = frozenset(
 
 
 def counts(resource: dict[str, Any]) -> bool:
-    """Whether a resource may inform decisions at all."""
+    """Whether a resource may inform decisions at all. Prefetch is not validated, so a status of
+    the wrong shape is read as no status: an unusable result, a request not known to be void."""
     kind = resource.get("resourceType")
     if kind in ("Observation", "DiagnosticReport"):
-        return resource.get("status") in _USABLE_OBSERVATION
+        return _text(resource.get("status")) in _USABLE_OBSERVATION
     if kind == "Condition":
-        verification = resource.get("verificationStatus") or {}
-        codes = {c.get("code") for c in verification.get("coding", []) if isinstance(c, dict)}
-        return not codes & _VOID_CONDITION
+        return not _codes(resource.get("verificationStatus")) & _VOID_CONDITION
     if kind in _REQUESTS:
-        return resource.get("status") not in _VOID_STATUS
+        return _text(resource.get("status")) not in _VOID_STATUS
     return True
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _codes(concept: object) -> set[str]:
+    codings = concept.get("coding") if isinstance(concept, dict) else None
+    if not isinstance(codings, list):
+        return set()
+    return {c["code"] for c in codings if isinstance(c, dict) and isinstance(c.get("code"), str)}
 
 
 @dataclass
