@@ -606,6 +606,7 @@ class _Document:
             return
         known = self.known_displays()
         terminology = self.catalogue.knowledge.terminology
+        self.recognised_at_a_glance(value_sets)
         for value_set, file in value_sets:
             self.heading_facts(value_set, file)
             own = _value_set_displays(value_set)
@@ -639,6 +640,56 @@ class _Document:
                 self.block(*(f"- {_code(pattern)}" for pattern in patterns))
             elif not members:
                 self.block("_No codes._")
+
+    def recognised_at_a_glance(self, value_sets: Sequence[tuple[Json, Path]]) -> None:
+        """One row per concept (ValueSet): every system and code it recognises, grouped by
+        system, plus the local codes a loaded ConceptMap translates into it and the number of
+        text patterns, so a terminologist checks coverage without reading each section."""
+        terminology = self.catalogue.knowledge.terminology
+        translated: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        for concept_map, _ in self.resources("ConceptMap"):
+            for group in concept_map.get("group", []):
+                for element in group.get("element", []):
+                    for target in element.get("target", []):
+                        used = (
+                            target.get("relationship") in TRANSLATING_RELATIONSHIPS
+                            if "relationship" in target
+                            else target.get("equivalence") in TRANSLATING_EQUIVALENCES
+                        )
+                        if used and target.get("code") and element.get("code"):
+                            key = (str(group.get("target")), str(target["code"]))
+                            source = (str(group.get("source")), str(element["code"]))
+                            translated.setdefault(key, set()).add(source)
+        rows = []
+        for value_set, _ in value_sets:
+            members = terminology.members(str(value_set.get("url", ""))) or frozenset()
+            by_system: dict[str, list[str]] = {}
+            for system, code in sorted(members):
+                by_system.setdefault(system, []).append(code)
+            local = sorted({s for m in members for s in translated.get(m, set())})
+            parts = [
+                f"{_code(system)}: {', '.join(_code(c) for c in codes)}"
+                for system, codes in by_system.items()
+            ]
+            if local:
+                parts.append(
+                    "mapped local codes: " + ", ".join(_code(f"{s}|{c}") for s, c in local)
+                )
+            patterns = sum(
+                1
+                for extension in value_set.get("extension", [])
+                if extension.get("url") == TEXT_PATTERN_EXTENSION
+            )
+            if patterns:
+                parts.append(f"{patterns} text pattern(s)")
+            title = value_set.get("title") or value_set.get("name") or value_set.get("id") or ""
+            rows.append((_inline(title), "<br>".join(parts) or "_nothing_"))
+        self.block(
+            "Recognised codes at a glance: per concept, every code system and code it matches "
+            "(local codes through the loaded concept maps, and text patterns, counted); details "
+            "and sources follow."
+        )
+        self.block(*_table(("concept", "systems and codes recognised"), rows))
 
     def known_displays(self) -> dict[tuple[str, str], str]:
         """Displays from every loaded CodeSystem and ValueSet, for codes a ValueSet lists bare."""

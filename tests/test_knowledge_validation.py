@@ -681,3 +681,89 @@ def test_one_written_form_has_one_meaning() -> None:
     ]
     problems = UnitTable.from_documents(documents).problems
     assert any("already means m[IU]/L" in p.reason for p in problems), problems
+
+
+ROOT = Path(__file__).resolve().parent.parent
+ORDERABLE_LIBRARY = ROOT / "plandefinitions" / "Library-orderable-code-systems.json"
+
+
+def activity(kind: str, concept: dict[str, Any], name: str = "order-x") -> dict[str, Any]:
+    element = "code" if kind == "ServiceRequest" else "productCodeableConcept"
+    return {
+        "resourceType": "ActivityDefinition",
+        "url": f"https://example.org/ActivityDefinition/{name}",
+        "status": "active",
+        "kind": kind,
+        element: concept,
+    }
+
+
+def test_validate_refuses_an_order_that_cannot_be_placed(tmp_path: Path) -> None:
+    """With the bundled declaration of orderable systems, an order coded only by text or only in
+    CPT is refused by `rpl-cds validate`, naming the file, element and the systems allowed."""
+    (tmp_path / "Library-orderable.json").write_text(ORDERABLE_LIBRARY.read_text())
+    text_only = activity("ServiceRequest", {"text": "Referral to genetic counselling"}, "a")
+    cpt_only = activity(
+        "ServiceRequest",
+        {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "88230"}]},
+        "b",
+    )
+    drug_text = activity("MedicationRequest", {"text": "Progesterone 400 mg pessary"}, "c")
+    placeable = activity("ServiceRequest", {"coding": [{"system": LOINC, "code": "3016-3"}]}, "d")
+    for name, resource in {"a": text_only, "b": cpt_only, "c": drug_text, "d": placeable}.items():
+        (tmp_path / f"ActivityDefinition-{name}.json").write_text(json.dumps(resource))
+    result = run_cli("validate", str(tmp_path))
+    assert result.returncode == 1
+    assert (
+        "ActivityDefinition-a.json: ActivityDefinition.code: the order cannot be placed: no coding"
+        " from a system orderable for ServiceRequest (http://loinc.org, http://snomed.info/sct);"
+        " it has no coding"
+    ) in result.stderr
+    assert "ActivityDefinition-b.json: ActivityDefinition.code:" in result.stderr
+    assert "it has http://www.ama-assn.org/go/cpt" in result.stderr
+    assert (
+        "ActivityDefinition-c.json: ActivityDefinition.productCodeableConcept: the order cannot"
+        " be placed" in result.stderr
+    )
+    assert "ActivityDefinition-d.json" not in result.stderr
+    assert "3 problem(s) found" in result.stderr
+
+
+def test_orderable_systems_are_knowledge(tmp_path: Path) -> None:
+    """The systems come from the loaded declaration, not the engine: without any declaration
+    nothing is checked; a declaration that names only ServiceRequest leaves a MedicationRequest
+    order unplaceable; a malformed declaration is a problem of its own."""
+    drug = activity("MedicationRequest", {"text": "aspirin"})
+    (tmp_path / "ActivityDefinition-x.json").write_text(json.dumps(drug))
+    assert load_catalogue([tmp_path]).services == {}
+    declaration = json.loads(ORDERABLE_LIBRARY.read_text())
+    declaration["extension"] = [
+        e
+        for e in declaration["extension"]
+        if {"url": "kind", "valueCode": "ServiceRequest"} in e["extension"]
+    ] + [{"url": declaration["extension"][0]["url"], "extension": [{"url": "kind"}]}]
+    assert_reported(
+        tmp_path,
+        {"Library-orderable.json": declaration},
+        [
+            "ActivityDefinition-x.json: ActivityDefinition.productCodeableConcept: no loaded "
+            "knowledge declares the code systems orderable for MedicationRequest",
+            "Library-orderable.json: Library.extension[2]: 'kind' must be a valueCode",
+        ],
+    )
+
+
+def test_every_bundled_order_is_placeable() -> None:
+    """Each bundled ActivityDefinition carries a coding from a declared orderable system (the
+    load check above, run on the shipped knowledge, with the codes spelt out)."""
+    declared: dict[str, set[str]] = {}
+    for extension in json.loads(ORDERABLE_LIBRARY.read_text())["extension"]:
+        parts = {p["url"]: p for p in extension["extension"]}
+        declared.setdefault(parts["kind"]["valueCode"], set()).add(parts["system"]["valueUri"])
+    files = sorted((ROOT / "plandefinitions").glob("ActivityDefinition-*.json"))
+    assert files
+    for file in files:
+        resource = json.loads(file.read_text())
+        element = "code" if resource["kind"] == "ServiceRequest" else "productCodeableConcept"
+        systems = {c["system"] for c in resource[element].get("coding", []) if c.get("code")}
+        assert systems & declared[resource["kind"]], file.name

@@ -25,6 +25,7 @@ from service.engine.fhirpath import (
 )
 from service.engine.functions import check_expression, engine_functions
 from service.engine.knowledge_cache import KnowledgeCache
+from service.engine.orderable import orderable_problems
 from service.engine.problems import KnowledgeError, Problem
 from service.engine.retrieve import Retrieve
 from service.engine.terminology import Terminology
@@ -164,6 +165,8 @@ def load_knowledge(
         _register(knowledge, file, resource, problems, cache)
         # A code whose check digit fails is a typo: it would silently match nothing.
         problems.extend(Problem(file, path, reason) for path, reason in code_problems(resource))
+    # A suggested order coded only as text or in a billing system cannot be placed by the EHR.
+    problems.extend(orderable_problems(documents))
     # Terminology and units first: the engine functions compiled into expressions use them.
     knowledge.terminology = Terminology.from_knowledge(knowledge)
     for canonical, reason in knowledge.terminology.problems():
