@@ -273,12 +273,15 @@ async def test_replay_cache_outage_is_503_not_401(
 ) -> None:
     url, proxy = proxied_postgres
     issuers = {EHR: IssuerConfig(jwks_file=tmp_path / "ehr.jwks")}
-    settings = outage_settings(tmp_path, database_url=url, auth_issuers=issuers)
+    public = "https://cds.test"
+    settings = outage_settings(
+        tmp_path, database_url=url, auth_issuers=issuers, public_base_url=public
+    )
     with live_server(settings) as base_url:
         async with client_for(base_url) as client:
 
             def signed() -> dict[str, str]:
-                return {"authorization": bearer(mint(signing_key, iss=EHR, aud=base_url + WORKUP))}
+                return {"authorization": bearer(mint(signing_key, iss=EHR, aud=public + WORKUP))}
 
             call = workup_request(two_losses())
             assert (await client.post(WORKUP, json=call, headers=signed())).status_code == 200
