@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -54,9 +55,20 @@ def _split_list(value: Any) -> Any:
     return value
 
 
-# A host name, an IPv4/IPv6 address or network, or `*`; checked for shape only (ipaddress parses
-# the addresses when the policy is built).
-_HOST_ENTRY = re.compile(r"^(\*|[A-Za-z0-9._-]+|[0-9A-Fa-f:.]+(/[0-9]{1,3})?|[0-9.]+/[0-9]{1,2})$")
+_HOST_NAME = re.compile(
+    r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$"
+)
+
+
+def _host_entry(entry: str) -> bool:
+    """A host name, an IPv4/IPv6 address or network (CIDR), or `*`."""
+    if entry == "*" or _HOST_NAME.match(entry):
+        return True
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 class IssuerConfig(BaseModel):
@@ -162,7 +174,7 @@ class Settings(BaseSettings):
     @field_validator("fhir_allowed_hosts")
     @classmethod
     def _host_entries(cls, value: list[str]) -> list[str]:
-        bad = [entry for entry in value if not _HOST_ENTRY.match(entry)]
+        bad = [entry for entry in value if not _host_entry(entry)]
         if bad:
             raise ValueError(
                 f"entries {bad} are not host names, IP addresses, networks (CIDR) or '*'"

@@ -17,11 +17,13 @@ import httpcore
 import httpx
 import pytest
 from conftest import ClientFactory
+from pydantic import ValidationError
 from support.fault_server import FaultServer, Json
 from support.jwt_tokens import SigningKey, bearer, mint, new_es384_key, write_jwks
 from support.patients import TWO_LOSSES_ESHRE, Scenario, topics, workup_request
 
 from service.fhir.egress import AddressRefused, CheckedBackend, EgressPolicy, checked_transport
+from service.settings import Settings
 
 WORKUP = "/cds-services/rpl-workup"
 PUBLIC = "http://cds.test"
@@ -237,3 +239,9 @@ async def test_no_connection_to_an_unlisted_private_address(addresses: list[str]
         await fetch(backend, "http://fhir.test:8080/fhir/metadata")
     assert isinstance(refused.value.__cause__, AddressRefused)
     assert recorder.connected == []
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.0/33", "a b", "https://fhir.example.org", "fhir_1.test"])
+def test_a_host_entry_that_is_no_host_address_or_network_stops_start_up(entry: str) -> None:
+    with pytest.raises(ValidationError, match="fhir_allowed_hosts"):
+        Settings(fhir_allowed_hosts=[entry])
