@@ -32,6 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=int(os.environ.get("RPL_CDS_WORKERS", "1")))
+    commands.add_parser(
+        "migrate",
+        help="bring the database schema to the newest revision and exit (run once per release, "
+        "e.g. as a Kubernetes Job, with RPL_CDS_AUTO_MIGRATE=false on the replicas)",
+    )
     validate = commands.add_parser("validate", help="check knowledge artifacts and report problems")
     validate.add_argument("dirs", nargs="*", type=Path, help="default: the configured directories")
     load = commands.add_parser(
@@ -68,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "validate":
         return _validate(args.dirs or settings.all_knowledge_dirs, settings.parameters)
+    if args.command == "migrate":
+        return _migrate(settings)
     return _serve(settings, args.host, args.port, args.workers)
 
 
@@ -175,6 +182,16 @@ def _render_clinical_logic(dirs: Sequence[Path], output: Path | None, *, check: 
 def _shown(path: Path, root: Path) -> str:
     resolved = path.resolve()
     return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(path)
+
+
+def _migrate(settings: Settings) -> int:
+    from service.feedback.revision import migrate_database
+    from service.ops.logging import configure_logging
+
+    configure_logging(settings.log_level)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate_database(settings.resolved_database_url)
+    return 0
 
 
 def _serve(settings: Settings, host: str, port: int, workers: int) -> int:

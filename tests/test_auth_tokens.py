@@ -505,6 +505,112 @@ async def test_token_without_jku_for_a_jku_only_issuer_is_rejected(
     await expect_401(auth, token_for(es_key), auth_log, "only allows keys by jku")
 
 
+# --- pinned keys win over a jku (issue 16: the CDS Hooks Sandbox always sends a jku) ---------
+
+
+async def test_pinned_file_key_verifies_a_token_with_a_jku_off_the_allowlist_without_fetching(
+    make_auth: AuthFactory, server: JwksServer, jwks_file: Path, es_key: SigningKey
+) -> None:
+    # Like the sandbox: its jku is on the internet; the operator pinned its public JWKS instead.
+    jku = server.publish("/sandbox/.well-known/jwks.json", jwks(es_key))
+    auth = make_auth({ISS: IssuerConfig(jwks_file=jwks_file)})
+
+    identity = await auth.authenticate(token_for(es_key, headers={"jku": jku}), AUD)
+
+    assert identity.issuer == ISS
+    assert server.requests == {}
+
+
+async def test_pinned_url_key_wins_over_an_allowlisted_jku(
+    make_auth: AuthFactory, server: JwksServer, es_key: SigningKey
+) -> None:
+    pinned = server.publish("/pinned/jwks.json", jwks(es_key))
+    jku = server.publish("/client/jwks.json", jwks(es_key))
+    auth = make_auth({ISS: IssuerConfig(jwks_url=pinned, jku_allowlist=[jku])})
+
+    for n in range(3):
+        token = token_for(es_key, jti=f"p-{n}", headers={"jku": jku})
+        assert (await auth.authenticate(token, AUD)).issuer == ISS
+    assert server.count("/pinned/jwks.json") == 1
+    assert server.count("/client/jwks.json") == 0
+
+
+async def test_allowlisted_jku_serves_a_kid_the_pinned_keys_do_not_hold(
+    make_auth: AuthFactory, server: JwksServer, jwks_file: Path
+) -> None:
+    rotated = new_es384_key("rotated-in")
+    jku = server.publish("/client/jwks.json", jwks(rotated))
+    auth = make_auth({ISS: IssuerConfig(jwks_file=jwks_file, jku_allowlist=[jku])})
+
+    assert (await auth.authenticate(token_for(rotated, headers={"jku": jku}), AUD)).issuer == ISS
+    assert server.count("/client/jwks.json") == 1
+
+
+async def test_foreign_kid_with_a_jku_off_the_allowlist_is_rejected_without_fetching(
+    make_auth: AuthFactory,
+    server: JwksServer,
+    jwks_file: Path,
+    auth_log: pytest.LogCaptureFixture,
+) -> None:
+    attacker = new_es384_key("attacker")
+    evil = server.publish("/evil/jwks.json", jwks(attacker))
+    allowed = server.publish("/client/jwks.json", jwks(attacker))
+    auth = make_auth({ISS: IssuerConfig(jwks_file=jwks_file, jku_allowlist=[allowed])})
+
+    await expect_401(auth, token_for(attacker, headers={"jku": evil}), auth_log, "allowlist")
+    assert server.requests == {}
+
+
+async def test_attacker_key_under_a_pinned_kid_is_rejected_and_its_jku_not_fetched(
+    make_auth: AuthFactory,
+    server: JwksServer,
+    jwks_file: Path,
+    es_key: SigningKey,
+    auth_log: pytest.LogCaptureFixture,
+) -> None:
+    # The attacker reuses the pinned kid and points an allowlisted jku at their own key: the
+    # pinned key decides, so the signature fails and the jku is never read.
+    impostor = new_es384_key(es_key.kid)
+    jku = server.publish("/client/jwks.json", jwks(impostor))
+    auth = make_auth({ISS: IssuerConfig(jwks_file=jwks_file, jku_allowlist=[jku])})
+
+    await expect_401(
+        auth, token_for(impostor, headers={"jku": jku}), auth_log, "InvalidSignatureError"
+    )
+    assert server.requests == {}
+
+
+async def test_pinned_kid_with_another_algorithm_does_not_fall_through_to_the_jku(
+    make_auth: AuthFactory,
+    server: JwksServer,
+    es_key: SigningKey,
+    tmp_path: Path,
+    auth_log: pytest.LogCaptureFixture,
+) -> None:
+    pinned = write_jwks(tmp_path / "pinned.json", es_key)
+    impostor = new_key("RS384", es_key.kid)
+    jku = server.publish("/client/jwks.json", jwks(impostor))
+    auth = make_auth({ISS: IssuerConfig(jwks_file=pinned, jku_allowlist=[jku])})
+
+    await expect_401(auth, token_for(impostor, headers={"jku": jku}), auth_log, "no key for kid")
+    assert server.requests == {}
+
+
+async def test_kid_in_no_key_set_is_rejected(
+    make_auth: AuthFactory,
+    server: JwksServer,
+    jwks_file: Path,
+    es_key: SigningKey,
+    auth_log: pytest.LogCaptureFixture,
+) -> None:
+    jku = server.publish("/client/jwks.json", jwks(es_key))
+    auth = make_auth({ISS: IssuerConfig(jwks_file=jwks_file, jku_allowlist=[jku])})
+    stranger = new_es384_key("in-no-set")
+
+    await expect_401(auth, token_for(stranger, headers={"jku": jku}), auth_log, "no key for kid")
+    await expect_401(auth, token_for(stranger), auth_log, "no key for kid")
+
+
 async def test_key_rotation_refetches_once_per_refresh_window(
     make_auth: AuthFactory,
     server: JwksServer,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,8 @@ import httpx
 import pytest
 from support.live_service import live_service
 from support.patients import TWO_LOSSES_ESHRE, Scenario, topics, workup_request
+
+from service.feedback.migrate import head_revision
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -92,3 +96,21 @@ def test_serve_refuses_authentication_without_a_public_base_url(tmp_path: Path) 
     assert result.returncode == 2
     assert "RPL_CDS_PUBLIC_BASE_URL is required" in result.stderr
     assert secret not in result.stderr + result.stdout
+
+
+def test_migrate_command_brings_a_new_database_to_the_newest_revision(tmp_path: Path) -> None:
+    # What a Kubernetes Job runs once per release, before replicas start without migrating.
+    data = tmp_path / "data"
+    env = {**os.environ, "RPL_CDS_DATA_DIR": str(data)}
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(data / "rpl-cds.db") as database:
+        (revision,) = database.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert revision == head_revision()

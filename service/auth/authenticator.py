@@ -16,7 +16,7 @@ import jwt
 from jwt import PyJWK
 
 from service.auth.identity import ClientIdentity
-from service.auth.jwks import JwksCache
+from service.auth.jwks import JwksCache, KeySet
 from service.auth.replay import ReplayCache
 from service.errors import ServiceError
 from service.settings import ASYMMETRIC_ALGORITHMS, IssuerConfig, Settings
@@ -188,20 +188,36 @@ class Authenticator:
     async def _find_key(
         self, issuer: IssuerConfig, kid: str, alg: str, jku: str | None
     ) -> PyJWK | None:
+        # Keys the operator pinned (a file, or a URL they chose) win over a `jku`, which the
+        # token itself names: a client that always sends a `jku` (the CDS Hooks Sandbox does)
+        # is verified with the pinned keys, and the `jku` is never fetched. Only a `kid` that no
+        # pinned set holds may be looked up at a `jku`, and only at one on the allowlist.
+        pinned = await self._pinned_keys(issuer, kid)
+        if pinned is not None:
+            # A pinned kid is final even when its key cannot verify this alg: falling through to
+            # the `jku` would let a token swap the operator's key for one it points at.
+            return pinned.find(kid, alg)
         if jku is not None:
             # Exact string match: a prefix or host match would let anyone who can publish a
             # file under an allowed host supply their own keys.
             if jku not in issuer.jku_allowlist:
                 _reject(f"jku {_shown(jku)} not on the issuer's allowlist")
             return await self._keys.key_from_url(jku, kid, alg)
-        key: PyJWK | None = None
-        if issuer.jwks_file is not None:
-            key = await self._keys.key_from_file(issuer.jwks_file, kid, alg)
-        if key is None and issuer.jwks_url is not None:
-            key = await self._keys.key_from_url(str(issuer.jwks_url), kid, alg)
-        if key is None and issuer.jwks_file is None and issuer.jwks_url is None:
+        if issuer.jwks_file is None and issuer.jwks_url is None:
             _reject("the issuer only allows keys by jku and the token has none")
-        return key
+        return None
+
+    async def _pinned_keys(self, issuer: IssuerConfig, kid: str) -> KeySet | None:
+        """The operator-configured key set that holds `kid`, or None."""
+        if issuer.jwks_file is not None:
+            keys = await self._keys.keys_from_file(issuer.jwks_file)
+            if keys is not None and kid in keys:
+                return keys
+        if issuer.jwks_url is not None:
+            keys = await self._keys.keys_from_url(str(issuer.jwks_url), kid)
+            if keys is not None and kid in keys:
+                return keys
+        return None
 
     def _check_times(self, claims: dict[str, Any]) -> float:
         now = self._clock()

@@ -124,7 +124,12 @@ class JwksCache:
         self._urls: dict[str, _UrlEntry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def key_from_file(self, path: Path, kid: str, alg: str) -> PyJWK | None:
+    async def key_from_url(self, url: str, kid: str, alg: str) -> PyJWK | None:
+        keys = await self.keys_from_url(url, kid)
+        return keys.find(kid, alg) if keys is not None else None
+
+    async def keys_from_file(self, path: Path) -> KeySet | None:
+        """The key set in `path`, or None when it cannot be read."""
         keys = self._files.get(path)
         if keys is None:
             try:
@@ -135,26 +140,30 @@ class JwksCache:
                 log.warning("cannot read JWKS file %s: %s", path, exc)
                 return None
             self._files[path] = keys
-        return keys.find(kid, alg)
+        return keys
 
-    async def key_from_url(self, url: str, kid: str, alg: str) -> PyJWK | None:
+    async def keys_from_url(self, url: str, kid: str) -> KeySet | None:
+        """The key set published at `url`, refetched first when it does not hold `kid` (the
+        client may have rotated its keys) and the refresh window allows; None when it was
+        never obtained."""
         entry = self._urls.get(url)
-        if entry is not None and entry.keys is not None and not self._aged(entry):
-            key = entry.keys.find(kid, alg)
-            if key is not None:
-                return key
+        if (
+            entry is not None
+            and entry.keys is not None
+            and not self._aged(entry)
+            and kid in entry.keys
+        ):
+            return entry.keys
         lock = self._locks.setdefault(url, asyncio.Lock())
         async with lock:
             # Concurrent requests with the same new kid queue here; the first one fetches and
             # the others find its result (or the rate limit) instead of fetching again.
             entry = self._urls.setdefault(url, _UrlEntry())
-            if entry.keys is not None and not self._aged(entry):
-                key = entry.keys.find(kid, alg)
-                if key is not None:
-                    return key
+            if entry.keys is not None and not self._aged(entry) and kid in entry.keys:
+                return entry.keys
             if self._clock() - entry.attempted_at >= self._refresh_seconds:
                 await self._fetch(url, entry)
-            return entry.keys.find(kid, alg) if entry.keys is not None else None
+            return entry.keys
 
     def _aged(self, entry: _UrlEntry) -> bool:
         return self._clock() - entry.fetched_at >= max(MAX_KEY_AGE_SECONDS, self._refresh_seconds)

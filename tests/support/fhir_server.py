@@ -93,7 +93,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _settings(data_dir: Path, port: int, token: str) -> dict[str, Any]:
+def _settings(data_dir: Path, port: int, token: str, *, open_access: bool) -> dict[str, Any]:
+    # Open access is for clients that send no token at all (the CDS Hooks Sandbox reads the
+    # patient's data from the browser without one); the token is then accepted and ignored.
+    auth: dict[str, Any] = {"types": ["none"]} if open_access else {"types": ["bearer"]}
+    auth["tokens"] = [token]
     return {
         # Paging links and fullUrls are built from base_url, so it must be the real address.
         "base_url": f"http://{LOOPBACK}:{port}/fhir",
@@ -102,7 +106,7 @@ def _settings(data_dir: Path, port: int, token: str) -> dict[str, Any]:
         "data_dir": str(data_dir),
         "db_path": str(data_dir / "sekmet.db"),
         "own_private_key_path": str(data_dir / "keys" / "sekmet_private.pem"),
-        "server_auth": {"types": ["bearer"], "tokens": [token]},
+        "server_auth": auth,
         # The simulator would answer ServiceRequests etc. with resources of its own.
         "simulator": {"enabled": False},
         # Keeps every request body out of SQLite; the access log still lands in log_path.
@@ -113,17 +117,22 @@ def _settings(data_dir: Path, port: int, token: str) -> dict[str, Any]:
 
 @contextmanager
 def sekmet_server(
-    data_dir: Path, *, token: str | None = None, startup_timeout: float = 30.0
+    data_dir: Path,
+    *,
+    token: str | None = None,
+    open_access: bool = False,
+    startup_timeout: float = 30.0,
 ) -> Iterator[FhirServer]:
     """Run `sekmet serve` on a free loopback port with its data in `data_dir`; stop it (and
-    kill it if it does not stop) when the block ends, also on failure."""
+    kill it if it does not stop) when the block ends, also on failure. With `open_access`,
+    requests without a token are answered too."""
     if importlib.util.find_spec("sekmet") is None:
         raise FhirServerError("sekmet-fhir is not installed: pip install -e '.[test]'")
     token = token or secrets.token_urlsafe(24)
     data_dir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     config = data_dir / "sekmet-settings.yaml"
-    config.write_text(yaml.safe_dump(_settings(data_dir, port, token)))
+    config.write_text(yaml.safe_dump(_settings(data_dir, port, token, open_access=open_access)))
     log_path = data_dir / "sekmet.log"
     # SEKMET_* variables would override the settings file (base URL, port, database).
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEKMET_")}

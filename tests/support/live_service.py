@@ -33,9 +33,14 @@ class LiveService:
 
 @contextmanager
 def live_service(
-    data_dir: Path, *args: str, env: dict[str, str] | None = None, ready_timeout: float = 30
+    data_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 30,
+    port: int | None = None,
 ) -> Iterator[LiveService]:
-    port = free_port()
+    """`port`: when the settings must name it before the start (RPL_CDS_PUBLIC_BASE_URL)."""
+    port = port or free_port()
     log_path = data_dir / f"serve-{port}.log"
     data_dir.mkdir(parents=True, exist_ok=True)
     environment = {**os.environ, "RPL_CDS_DATA_DIR": str(data_dir), **(env or {})}
