@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,48 +42,67 @@ class Samples:
     failures: Counter[str] = field(default_factory=Counter)  # connection errors, timeouts
 
 
-def build_request(host: str, port: int, path: str, body: bytes) -> bytes:
+def build_request(
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
+    method: str = "POST",
+) -> bytes:
+    """The request's bytes; `headers` are added as they are (latin-1, as HTTP/1.1 allows), so a
+    benchmark can send odd ones on purpose."""
     head = (
-        f"POST {path} HTTP/1.1\r\n"
+        f"{method} {path} HTTP/1.1\r\n"
         f"Host: {host}:{port}\r\n"
         "User-Agent: rpl-cds-bench\r\n"
         "Accept: application/json\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
-        "\r\n"
     )
-    return head.encode("ascii") + body
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    return head.encode("ascii") + extra.encode("latin-1") + b"\r\n" + body
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[bytes, bytes]  # lower-case names; the last value of a repeated header
+    body: bytes  # empty unless asked for
+    keep_alive: bool
+
+
+async def read_answer(reader: asyncio.StreamReader, keep_body: bool = False) -> Answer:
+    """One HTTP/1.1 response: status, headers, and the body when `keep_body` (else read and
+    dropped)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head[:-4].split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    keep_alive = b"close" not in headers.get(b"connection", b"").lower()
+    pieces: list[bytes] = []
+    if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            piece = await reader.readexactly(size + 2)
+            if keep_body:
+                pieces.append(piece[:-2])
+            if size == 0:
+                break
+    elif length := int(headers.get(b"content-length", b"0")):
+        piece = await reader.readexactly(length)
+        if keep_body:
+            pieces.append(piece)
+    return Answer(status, headers, b"".join(pieces), keep_alive)
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes | None, bool]:
     """Status, the Server-Timing value (or None), and whether the server keeps the connection."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head[:-4].split(b"\r\n")
-    status = int(lines[0].split(b" ", 2)[1])
-    length = 0
-    chunked = False
-    keep_alive = True
-    timing = None
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"server-timing":
-            timing = value.strip()
-        elif name == b"transfer-encoding":
-            chunked = b"chunked" in value.lower()
-        elif name == b"connection":
-            keep_alive = b"close" not in value.lower()
-    if chunked:
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            await reader.readexactly(size + 2)
-            if size == 0:
-                break
-    elif length:
-        await reader.readexactly(length)
-    return status, timing, keep_alive
+    answer = await read_answer(reader)
+    return answer.status, answer.headers.get(b"server-timing"), answer.keep_alive
 
 
 async def _connection(

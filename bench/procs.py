@@ -119,6 +119,19 @@ def start_floor(workers: int, log_dir: Path) -> Server:
     return _start("floor", command, workers, port, log_dir, ROOT, os.environ)
 
 
+def start_fhir_stub(data_file: Path, log_dir: Path) -> Server:
+    """bench/fhir_stub.py on a free port, serving the resources in `data_file`."""
+    port = free_port()
+    command = [sys.executable, "-m", "bench.fhir_stub", "--port", str(port)]
+    command += ["--data", str(data_file)]
+    return _start("fhir-stub", command, 1, port, log_dir, ROOT, os.environ)
+
+
+def process_tree(server: Server) -> list[int]:
+    """The server's process and every process under it (workers, resource tracker)."""
+    return [server.process.pid, *_descendants(server.process.pid)]
+
+
 def stop(server: Server) -> None:
     """SIGTERM (uvicorn shuts its workers down), then SIGKILL to what is left, by pid."""
     children = [(pid, _cmdline(pid)) for pid in _descendants(server.process.pid)]

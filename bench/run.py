@@ -110,7 +110,9 @@ def python_speed() -> float:
     return time.perf_counter() - started
 
 
-def machine() -> dict[str, Any]:
+def machine(sample_cpu: bool = True) -> dict[str, Any]:
+    """The machine and its state; `sample_cpu` False skips the one-second busy sample (a smoke
+    run that a test waits for)."""
     model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -135,7 +137,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "loadavg_at_start": os.getloadavg()[0],
-        "cpu_busy_at_start": cpu_busy(),
+        "cpu_busy_at_start": cpu_busy() if sample_cpu else 0.0,
         "python_loop_seconds_at_start": python_speed(),
         "commit": commit,
     }
