@@ -72,6 +72,7 @@ MALFORMED: dict[str, tuple[str, Any, str]] = {
     ),
     "value-without-type": ("patient", {"id": "p1", "gender": "female"}, "prefetch.patient"),
     "type-not-a-string": ("patient", {"resourceType": 5}, "prefetch.patient"),
+    "type-empty": ("conditions", {"resourceType": ""}, "prefetch.conditions"),
     "unknown-key-malformed-too": (
         "extra",
         {"resourceType": "Bundle", "entry": {}},

@@ -109,9 +109,9 @@ def resource_problems(value: Any, where: str) -> list[Issue]:
     (one level deep: the record is built from a Bundle's entries, never from nested Bundles); for
     an OperationOutcome, `issue` an array of objects. Prefetch is not model-validated on the
     request path (architecture rule 2); this is the structure the service itself walks."""
-    if not isinstance(value, dict) or not isinstance(value.get("resourceType"), str):
+    kind = value.get("resourceType") if isinstance(value, dict) else None
+    if not isinstance(kind, str) or not kind:
         return [Issue(f"{where} must be a FHIR resource (an object with a resourceType)", where)]
-    kind = value["resourceType"]
     if kind == "OperationOutcome":
         issues = value.get("issue", [])
         if not isinstance(issues, list) or not all(isinstance(i, dict) for i in issues):
