@@ -1,0 +1,72 @@
+"""Card texts the APS safety scenarios (scenarios/rpl-aps-safety.json, issue 15) depend on beyond
+their topic codes: thrombotic APS is told therapeutic (never prophylactic) anticoagulation, and
+subclinical hypothyroidism is a conditional recommendation ('consider', with its strength)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from support.scenario_calls import ProfileApps, scenario_request, service_for_hook
+
+from service.settings import data_root
+from service.synthetic import load_scenarios
+
+SPECS = {spec.id: spec for spec in load_scenarios(data_root() / "scenarios")}
+
+
+@pytest.fixture(scope="module")
+async def apps(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ProfileApps]:
+    async with AsyncExitStack() as stack:
+        yield ProfileApps(stack, tmp_path_factory)
+
+
+async def _card(apps: ProfileApps, scenario: str, profile: str, topic: str) -> dict[str, Any]:
+    spec = SPECS[scenario]
+    client, discovery = await apps.get(profile)
+    service = service_for_hook(discovery, spec.hook)
+    body = scenario_request(spec, service, datetime.now(UTC).date())
+    response = await client.post(f"/cds-services/{service['id']}", json=body)
+    cards = [c for c in response.json()["cards"] if c["source"]["topic"]["code"] == topic]
+    assert len(cards) == 1, response.text
+    card: dict[str, Any] = cards[0]
+    return card
+
+
+@pytest.mark.parametrize("profile", ["eshre", "asrm", "rcog"])
+async def test_thrombotic_aps_in_pregnancy_is_therapeutic_lmwh_never_warfarin(
+    apps: ProfileApps, profile: str
+) -> None:
+    card = await _card(
+        apps, "aps-thrombotic-pregnant-prophylactic-enoxaparin", profile, "aps-thrombotic"
+    )
+    assert card["indicator"] == "warning"
+    assert "therapeutic-dose LMWH with aspirin, never warfarin" in card["summary"]
+    assert "prophylactic dose is not enough" in card["detail"]
+    assert "thrombosis on record: I63.9" in card["detail"]
+    assert [s["label"] for s in card.get("suggestions", [])] == []  # referral already active
+
+
+async def test_thrombotic_aps_offers_the_haematology_referral(apps: ProfileApps) -> None:
+    card = await _card(apps, "aps-thrombotic-dvt-not-pregnant", "eshre", "aps-thrombotic")
+    assert "warfarin (target INR 2-3)" in card["detail"]
+    assert [s["label"] for s in card["suggestions"]] == ["Refer to haematology"]
+    created = card["suggestions"][0]["actions"][0]["resource"]
+    assert created["code"]["coding"][0]["code"] == "306206005"
+
+
+async def test_subclinical_hypothyroidism_is_a_conditional_consider(apps: ProfileApps) -> None:
+    card = await _card(apps, "thyroid-subclinical-tpo-positive", "eshre", "thyroid-treatment")
+    assert "consider levothyroxine (ESHRE: conditional)" in card["summary"]
+    assert "start levothyroxine" not in card["summary"]
+    assert "conditional recommendation" in card["detail"]
+
+
+async def test_lupus_anticoagulant_on_anticoagulation_says_what_to_do(apps: ProfileApps) -> None:
+    card = await _card(apps, "aps-la-negative-on-dabigatran", "asrm", "aps-la-uninterpretable")
+    assert "Pradaxa" in card["detail"]
+    assert "repeat lupus anticoagulant off anticoagulation" in card["detail"]
+    assert "anti-beta-2-glycoprotein I" in card["detail"]
