@@ -10,7 +10,7 @@ subprocess, driven through failures rather than timed.
    on SQLite (1 worker) and PostgreSQL (2 workers); the rest re-sent afterwards, as an EHR retries.
 4. SIGTERM: the signal under 32 connections of hook calls and feedback; requests accepted before it
    and not answered, acknowledged feedback not stored, issued cards not recorded.
-5. database cut: PostgreSQL behind bench/tcp_proxy.py, cut for a few seconds under load and
+5. database cut: PostgreSQL behind tests/support/tcp_proxy.py, cut for a few seconds under load and
    restored; hook-call 5xx, feedback answers during the cut, time until /readyz and feedback
    recover (no restart).
 6. overload: 256 connections of 1,000-resource bodies; 200s vs 503s (with Retry-After), p99 of
@@ -71,8 +71,11 @@ from bench.procs import (
     worker_rss,
 )
 from bench.run import machine, python_speed
-from bench.tcp_proxy import TcpProxy
 from service.feedback.database import normalise_url
+
+# isort: split
+# bench.bodies put tests/ on sys.path: the proxy is the one the database-outage tests use.
+from support.tcp_proxy import TcpProxy
 
 RESULTS = ROOT / "bench" / "results"
 POSTGRES_URL_ENV = "RPL_CDS_TEST_POSTGRES_URL"

@@ -1,5 +1,5 @@
-"""A TCP proxy on 127.0.0.1 that a test can cut, stall and restore: the network between the service
-and its database, made breakable.
+"""A TCP proxy on 127.0.0.1 that can cut, stall and restore the network between the service and
+its database: the tests' and the reliability benchmark's "database cut".
 
     with TcpProxy("127.0.0.1", 5432) as proxy:
         url = postgres_url.set(port=proxy.port)   # the service connects through the proxy
@@ -8,8 +8,8 @@ and its database, made breakable.
         proxy.restore()   # traffic flows again on the same port
 
 The proxy runs its own asyncio loop in a background thread, so that it keeps forwarding while the
-test's own thread blocks (a sync HTTP call, uvicorn starting in `live_server`). The methods are
-called from the test's thread and return once the change has taken effect.
+caller's own thread blocks. The methods are called from that thread and return once the change
+has taken effect.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ class TcpProxy:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Cleared while stalled: pipes hold their data and new connections wait, none is closed.
         self._flowing: asyncio.Event | None = None
+        # Set from the start of a cut to the restore. A connection the listener took just before
+        # the cut may start its handler after it, when the cut no longer sees it: the handler
+        # checks this and drops it, else it would carry traffic through the whole cut.
+        self._refusing = False
         self.port = 0
 
     def __enter__(self) -> TcpProxy:
@@ -86,6 +90,7 @@ class TcpProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _cut(self) -> None:
+        self._refusing = True
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -103,6 +108,7 @@ class TcpProxy:
 
     async def _restore(self) -> None:
         assert self._flowing is not None
+        self._refusing = False
         if self._server is None:
             await self._listen()
         self._flowing.set()
@@ -111,7 +117,11 @@ class TcpProxy:
         self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter
     ) -> None:
         task = asyncio.current_task()
-        assert task is not None and self._flowing is not None
+        assert task is not None
+        assert self._flowing is not None
+        if self._refusing:
+            client.transport.abort()
+            return
         self._tasks.add(task)
         self._streams.add(client)
         upstream: asyncio.StreamWriter | None = None
@@ -119,6 +129,8 @@ class TcpProxy:
             await self._flowing.wait()
             upstream_reader, upstream = await asyncio.open_connection(*self._target)
             self._streams.add(upstream)
+            if self._refusing:  # cut while connecting upstream, and missed by the cut
+                return
             await asyncio.gather(
                 self._pipe(client_reader, upstream), self._pipe(upstream_reader, client)
             )
