@@ -2,7 +2,7 @@
 contract the service serves (`openapi.yaml` plus one operation per service, as
 service/cdshooks/contract.py builds it; valid and invalid requests, with NUL, non-ASCII and control
 characters in strings) and every check runs on every answer, configured as in
-tests/test_schemathesis.py. Unlike that test, which stops at the first failure, this counts:
+tests/test_schemathesis.py (tests/support/contract_fuzz.py). Unlike that test, which stops at the first failure, this counts:
 requests, 5xx, check failures by check.
 
 Rounds over every operation (positive and negative) with a new seed each, until the request
@@ -14,7 +14,6 @@ sent are kept, to be looked for in the service's log afterwards.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import sys
@@ -34,57 +33,16 @@ from schemathesis.generation import GenerationMode
 
 from bench.bodies import ROOT
 
+# isort: split
+# bench.bodies put tests/ on sys.path: the test fuzzes the contract the same way.
+from support.contract_fuzz import CHECKS_CONFIG, with_order_selections
+
 SEED = 20_240_501
-# As tests/test_schemathesis.py: a prefetch key left out and a fhirServer this deployment will not
-# contact is answered 412 (configuration, not contract).
-DEPLOYMENT_DEPENDENT = ["412"]
-CHECKS_CONFIG: dict[str, Any] = {
-    "enabled": True,
-    "positive_data_acceptance": {
-        "expected-statuses": ["2xx", "401", "403", "404", "409", "429", *DEPLOYMENT_DEPENDENT]
-    },
-    "negative_data_rejection": {
-        "expected-statuses": [
-            *("400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428"),
-            *("429", *DEPLOYMENT_DEPENDENT),
-        ]
-    },
-}
-# order-select's `selections` must name entries of its `draftOrders`, a reference no schema states.
-DRAFT_ORDERS = {
-    "resourceType": "Bundle",
-    "type": "collection",
-    "entry": [{"resource": {"resourceType": "ServiceRequest", "id": "draft-1"}}],
-}
-SELECTIONS = ["ServiceRequest/draft-1"]
 # A generated secret shorter than this, or made of few characters ("0000"), would also match
 # ordinary log text; only distinctive ones are looked for.
 SECRET_MIN_LENGTH = 12
 SECRET_MIN_DISTINCT = 6
 SECRET_FIELDS = ("access_token", "patientId")
-
-
-def with_order_selections(document: dict[str, Any]) -> dict[str, Any]:
-    """The contract with order-select's selections pinned to its draft orders (as the test does)."""
-    fuzzed = copy.deepcopy(document)
-    for path, item in fuzzed["paths"].items():
-        operation = item.get("post", {})
-        if not operation.get("operationId", "").startswith("call-") or "order-select" not in path:
-            continue
-        schema = operation["requestBody"]["content"]["application/json"]["schema"]
-        schema["allOf"].append(
-            {
-                "properties": {
-                    "context": {
-                        "properties": {
-                            "draftOrders": {"const": DRAFT_ORDERS},
-                            "selections": {"const": SELECTIONS},
-                        }
-                    }
-                }
-            }
-        )
-    return fuzzed
 
 
 def load_schema(services: list[dict[str, Any]]) -> Any:

@@ -5,7 +5,7 @@ control characters in strings) and sends them to the real service on a real sock
 schemathesis has runs: documented statuses, content types, headers and bodies, never a 5xx,
 schema-valid requests accepted and schema-violating ones refused.
 
-Two rules no JSON Schema can state are handled here, each for a reason said below: whether the
+Two rules no JSON Schema can state are handled as tests/support/contract_fuzz.py says: whether the
 `fhirServer` a call names is usable is the deployment's choice, and `selections` must name
 entries of `draftOrders`. The service runs with the default FHIR host list (loopback only), so no
 generated `fhirServer` makes it connect anywhere else.
@@ -16,7 +16,6 @@ per operation keep the run to about a minute.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import pytest
 import schemathesis
 import yaml
 from hypothesis import HealthCheck, settings
+from support.contract_fuzz import CHECKS_CONFIG, with_order_selections
 from support.live_server import live_server
 
 from service.cdshooks.contract import served_contract
@@ -35,33 +35,6 @@ from service.settings import LOOPBACK_HOSTS, Settings, bundled_knowledge_dirs
 MAX_EXAMPLES = 30
 SEED = 20_240_501
 
-# A prefetch key left out and a fhirServer this deployment will not contact is answered 412
-# (CDS Hooks: required data that cannot be had). The host list is configuration, not contract,
-# so 412 is an expected answer to requests the schema allows, and to those it does not.
-DEPLOYMENT_DEPENDENT = ["412"]
-CHECKS_CONFIG: dict[str, Any] = {
-    "enabled": True,
-    "positive_data_acceptance": {
-        "expected-statuses": ["2xx", "401", "403", "404", "409", "429", *DEPLOYMENT_DEPENDENT]
-    },
-    "negative_data_rejection": {
-        "expected-statuses": [
-            *("400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428"),
-            *("429", *DEPLOYMENT_DEPENDENT),
-        ]
-    },
-}
-
-# order-select's `selections` must name resources in its `draftOrders`, a reference no schema
-# expresses; generated requests use this pair (and invalid ones break it), so that valid
-# requests reach the engine.
-DRAFT_ORDERS = {
-    "resourceType": "Bundle",
-    "type": "collection",
-    "entry": [{"resource": {"resourceType": "ServiceRequest", "id": "draft-1"}}],
-}
-SELECTIONS = ["ServiceRequest/draft-1"]
-
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -70,28 +43,6 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     assert tuple(settings.fhir_allowed_hosts) == LOOPBACK_HOSTS
     with live_server(settings) as url:
         yield url
-
-
-def with_order_selections(document: dict[str, Any]) -> dict[str, Any]:
-    fuzzed = copy.deepcopy(document)
-    for path, item in fuzzed["paths"].items():
-        operation = item.get("post", {})
-        if not operation.get("operationId", "").startswith("call-") or "order-select" not in path:
-            continue
-        schema = operation["requestBody"]["content"]["application/json"]["schema"]
-        schema["allOf"].append(
-            {
-                "properties": {
-                    "context": {
-                        "properties": {
-                            "draftOrders": {"const": DRAFT_ORDERS},
-                            "selections": {"const": SELECTIONS},
-                        }
-                    }
-                }
-            }
-        )
-    return fuzzed
 
 
 CONTRACT: dict[str, Any] = yaml.safe_load(
