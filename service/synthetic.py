@@ -56,14 +56,15 @@ writes under a key of the short form instead, e.g. SNOMED CT answers to LOINC te
 of a resource (the `code` short form, and every Coding in the FHIR written as is: answers,
 reasons...) whose system is not one of them and that a concept lists in `codings` becomes that
 concept's coding for the dialect, without display (the code alone must be recognised); with
-`within`, only under those keys of the short form (`code` is the resource's code). A concept with
-no coding for the dialect (null, with its reason in `noEquivalent`) keeps the original coding, and
-the variant lists it in `kept`: a gap of the knowledge, not of the record. Codings that no concept
-lists (local codes, codes the knowledge does not read) are kept as they are. Each Quantity (any
-dict with a `value`) whose unit is a `units` entry's `unit` (its UCUM `code`, else its `unit`
-text, as the engine reads a Quantity) has its `unit`, `system` and `code` replaced by that entry's
-spelling for the dialect; the number never changes. Nothing else changes: ids, dates, texts and
-the expected cards are the same, so the cards must be too.
+`within`, only under those keys of the short form (`code` is the resource's code), and there
+before a concept without `within` that lists the same coding. A concept with no coding for the
+dialect (null, with its reason in `noEquivalent`) keeps the original coding, and the variant lists
+it in `kept`: a gap of the knowledge, not of the record. Codings that no concept lists (local
+codes, codes the knowledge does not read) are kept as they are. Each Quantity (any dict with a
+`value`) whose unit is a `units` entry's `unit` (its UCUM `code`, else its `unit` text, as the
+engine reads a Quantity) has its `unit`, `system` and `code` replaced by that entry's spelling for
+the dialect; the number never changes. Nothing else changes: ids, dates, texts and the expected
+cards are the same, so the cards must be too.
 """
 
 from __future__ import annotations
@@ -246,11 +247,9 @@ def _dialects(document: Mapping[str, Any]) -> dict[str, Dialect]:
                 if not isinstance(source, str) or "|" not in source:
                     raise ScenarioError(f"concept {label!r}: codings must be 'system|code'")
                 for key in within:
-                    # One coding, one meaning where the keys overlap (None is every key).
-                    if any(
-                        (c == source and None in (k, key)) or (c, k) == (source, key)
-                        for c, k in codings[name]
-                    ):
+                    # One coding, one meaning per key (a concept `within` a key overrides one
+                    # without, for that key).
+                    if (source, key) in codings[name]:
                         raise ScenarioError(f"{source} is in two concepts (one is {label!r})")
                     codings[name][source, key] = target
     units: dict[str, dict[str, dict[str, str]]] = {n: {} for n in names}
