@@ -24,6 +24,8 @@ from service.settings import Settings, bundled_knowledge_dirs, data_root
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from service.synthetic import ScenarioSpec
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rpl-cds", description=__doc__)
@@ -50,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=date.fromisoformat,
         help="the date relative dates (today-30d) count from, YYYY-MM-DD (default: today)",
     )
+    load.add_argument(
+        "--dialect",
+        help="write each patient as a record of this dialect of the scenarios' dialects.json "
+        "(e.g. us, intl; default: as described)",
+    )
     render = commands.add_parser(
         "render-clinical-logic",
         help="write the clinical logic as Markdown for review (docs/clinical-logic.md)",
@@ -65,7 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "load-scenarios":
         scenarios = args.scenarios or data_root() / "scenarios"
         today = args.today or date.today()
-        return asyncio.run(_load_scenarios(args.fhir_server, args.token, scenarios, today))
+        specs = _scenario_specs(scenarios, args.dialect)
+        if specs is None:
+            return 1
+        return asyncio.run(
+            _load_scenarios(args.fhir_server, args.token, specs, today, args.dialect)
+        )
     try:
         settings = Settings()
     except ValidationError as error:
@@ -89,19 +101,39 @@ def _setting_problems(error: ValidationError) -> list[str]:
     return problems
 
 
-async def _load_scenarios(fhir_server: str, token: str | None, path: Path, today: date) -> int:
-    """One transaction of PUTs, so loading twice leaves one copy of each patient. Relative dates
-    are resolved against `today` now: the records are as of the day they are loaded."""
-    import httpx
-
-    from service.fhir.load import FhirLoadError, load_bundle, to_transaction
-    from service.synthetic import ScenarioError, load_scenarios
+def _scenario_specs(path: Path, dialect: str | None) -> list[ScenarioSpec] | None:
+    """The scenarios of `path`, written in `dialect` when one is named; None (the problem
+    printed) when they or the dialect table are not usable."""
+    from service.synthetic import ScenarioError, load_dialects, load_scenarios
 
     try:
         specs = load_scenarios(path)
-    except ScenarioError as error:
+        if dialect is None:
+            return specs
+        dialects = load_dialects(path if path.is_dir() else path.parent)
+    except (ScenarioError, OSError) as error:
         print(f"rpl-cds: invalid scenarios: {error}", file=sys.stderr)
-        return 1
+        return None
+    if dialect not in dialects:
+        print(f"rpl-cds: unknown dialect {dialect!r}; known: {sorted(dialects)}", file=sys.stderr)
+        return None
+    return [spec.in_dialect(dialects[dialect]) for spec in specs]
+
+
+async def _load_scenarios(
+    fhir_server: str,
+    token: str | None,
+    specs: Sequence[ScenarioSpec],
+    today: date,
+    dialect: str | None,
+) -> int:
+    """One transaction of PUTs, so loading twice leaves one copy of each patient. Relative dates
+    are resolved against `today` now: the records are as of the day they are loaded. With a
+    dialect, each patient is that dialect's record, under the same ids (it replaces the other)."""
+    import httpx
+
+    from service.fhir.load import FhirLoadError, load_bundle, to_transaction
+
     bundle = to_transaction([r for spec in specs for r in spec.resources(today)])
     async with httpx.AsyncClient(timeout=60) as http:
         try:
@@ -111,7 +143,8 @@ async def _load_scenarios(fhir_server: str, token: str | None, path: Path, today
             return 1
     for spec in specs:
         print(f"{spec.id}: {spec.description}")
-    print(f"{len(specs)} scenario patients loaded into {fhir_server}")
+    written = f" as {dialect} records" if dialect else ""
+    print(f"{len(specs)} scenario patients loaded into {fhir_server}{written}")
     return 0
 
 

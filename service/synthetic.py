@@ -18,6 +18,9 @@ A file is `{"description": "...", "scenarios": [...]}`. A scenario has these key
     expect          {profile: [topic codes]}, profile `eshre`, `asrm` or `rcog`: the exact set of
                     card topics (`card.source.topic.code`) the hook's service answers with when the
                     deployment uses that guideline profile; only the profiles listed are tested
+    dialects        `false`: the record is written in one dialect on purpose (it tests that very
+                    coding or unit spelling) and is never rewritten into another (below); default
+                    true
 
 Short form of a resource (in `resources` and `draftOrders`): `resourceType`; `code`: `system|code`
 (or a list of them), the codings of `code` (of `medicationCodeableConcept` for MedicationRequest,
@@ -35,6 +38,33 @@ to the month's end), becomes an ISO date `YYYY-MM-DD` counted from the reference
 `resources()` and `draft_orders()` (default `date.today()`; `rpl-cds load-scenarios` resolves them
 when it loads, against `--today`). A FHIR time may follow: `today-30dT09:30:00Z`. Any other value
 that starts with `today` and has no space is an error, as is any other deviation from this format.
+
+Dialects: the same patient as EHRs of different places would write it. `dialects.json` beside the
+scenario files (the one `*.json` there that is not a scenario file) is the table, read by
+`load_dialects()`; `ScenarioSpec.in_dialect(dialect)` is the scenario with its record rewritten:
+
+    {"description": "...",
+     "dialects": {"us": {"description": "...", "systems": ["http://loinc.org", ...],
+                         "systemsWithin": {"valueCodeableConcept": [...]} (optional)}, ...},
+     "concepts": [{"concept": "Miscarriage", "codings": ["system|code", ...],
+                   "us": "system|code" or null, "within": ["valueCodeableConcept"] (optional),
+                   "noEquivalent": {"us": "why there is no code"} (for each null), "note": "..."}],
+     "units": [{"unit": "m[IU]/L", "analyte": "...", "us": {"unit": "uIU/mL"}}]}
+
+A dialect's `systems` are the code systems its records write codes in (`systemsWithin`: those it
+writes under a key of the short form instead, e.g. SNOMED CT answers to LOINC tests). Each Coding
+of a resource (the `code` short form, and every Coding in the FHIR written as is: answers,
+reasons...) whose system is not one of them and that a concept lists in `codings` becomes that
+concept's coding for the dialect, without display (the code alone must be recognised); with
+`within`, only under those keys of the short form (`code` is the resource's code), and there
+before a concept without `within` that lists the same coding. A concept with no coding for the
+dialect (null, with its reason in `noEquivalent`) keeps the original coding, and the variant lists
+it in `kept`: a gap of the knowledge, not of the record. Codings that no concept lists (local
+codes, codes the knowledge does not read) are kept as they are. Each Quantity (any dict with a
+`value`) whose unit is a `units` entry's `unit` (its UCUM `code`, else its `unit` text, as the
+engine reads a Quantity) has its `unit`, `system` and `code` replaced by that entry's spelling for
+the dialect; the number never changes. Nothing else changes: ids, dates, texts and the expected
+cards are the same, so the cards must be too.
 """
 
 from __future__ import annotations
@@ -66,6 +96,7 @@ _KEYS = frozenset(
         "selections",
         "prefetchErrors",
         "expect",
+        "dialects",
     }
 )
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,50}")
@@ -115,6 +146,9 @@ _RELATIVE = re.compile(
     r"(T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2}))?"
 )
 _LOOKS_RELATIVE = re.compile(r"today\S*")
+# The dialect table's file name in a scenario directory; `load_scenarios` skips it.
+DIALECT_TABLE = "dialects.json"
+UCUM = "http://unitsofmeasure.org"
 
 
 class ScenarioError(ValueError):
@@ -158,10 +192,93 @@ def _resolve_date(text: str, today: date) -> str:
 
 
 @dataclass(frozen=True)
+class Dialect:
+    """One dialect of the table (module docstring): the code systems its records write, the
+    coding each listed coding becomes (None: no equivalent, kept), the unit spellings."""
+
+    name: str
+    description: str
+    systems: frozenset[str]
+    # Short-form key -> the systems written under it instead (answers in another system).
+    systems_within: Mapping[str, frozenset[str]]
+    # (`system|code`, short-form key or None for any key) -> `system|code` or None
+    codings: Mapping[tuple[str, str | None], str | None]
+    units: Mapping[str, Mapping[str, str]]
+
+    def translate(self, coding: str, key: str) -> tuple[str, bool]:
+        """The coding as this dialect writes it under the short-form `key`, and whether it is
+        kept for want of an equivalent (a gap)."""
+        if coding.partition("|")[0] in self.systems_within.get(key, self.systems):
+            return coding, False
+        for where in (key, None):
+            if (coding, where) in self.codings:
+                target = self.codings[coding, where]
+                return (coding, True) if target is None else (target, False)
+        return coding, False
+
+
+def load_dialects(path: Path) -> dict[str, Dialect]:
+    """The dialects of a table file, or of the `dialects.json` of a scenario directory. Raises
+    ScenarioError for a table that does not follow the format (module docstring)."""
+    file = path / DIALECT_TABLE if path.is_dir() else path
+    try:
+        return _dialects(json.loads(file.read_text(encoding="utf-8")))
+    except (ScenarioError, KeyError, TypeError, AttributeError) as error:
+        raise ScenarioError(f"{file}: not a dialect table: {error!r}") from None
+
+
+def _dialects(document: Mapping[str, Any]) -> dict[str, Dialect]:
+    names = list(document["dialects"])
+    codings: dict[str, dict[tuple[str, str | None], str | None]] = {n: {} for n in names}
+    for concept in document["concepts"]:
+        label = concept["concept"]
+        within: list[str | None] = list(concept.get("within") or [None])
+        gaps = concept.get("noEquivalent", {})
+        unknown = set(concept) - {"concept", "codings", "within", "noEquivalent", "note", *names}
+        if unknown:
+            raise ScenarioError(f"concept {label!r}: unknown keys {sorted(unknown)}")
+        for name in names:
+            target = concept.get(name)
+            if target is None and not isinstance(gaps.get(name), str):
+                raise ScenarioError(f"concept {label!r}: no {name} coding and no reason why")
+            if target is not None and (not isinstance(target, str) or "|" not in target):
+                raise ScenarioError(f"concept {label!r}: {name} must be 'system|code' or null")
+            for source in concept["codings"]:
+                if not isinstance(source, str) or "|" not in source:
+                    raise ScenarioError(f"concept {label!r}: codings must be 'system|code'")
+                for key in within:
+                    # One coding, one meaning per key (a concept `within` a key overrides one
+                    # without, for that key).
+                    if (source, key) in codings[name]:
+                        raise ScenarioError(f"{source} is in two concepts (one is {label!r})")
+                    codings[name][source, key] = target
+    units: dict[str, dict[str, dict[str, str]]] = {n: {} for n in names}
+    for entry in document.get("units", []):
+        for name in names:
+            if name in entry:
+                units[name][entry["unit"]] = dict(entry[name])
+    return {
+        name: Dialect(
+            name,
+            str(spec["description"]),
+            frozenset(spec["systems"]),
+            {key: frozenset(systems) for key, systems in spec.get("systemsWithin", {}).items()},
+            codings[name],
+            units[name],
+        )
+        for name, spec in document["dialects"].items()
+    }
+
+
+@dataclass(frozen=True)
 class ScenarioSpec:
     id: str
     description: str
     raw: dict[str, Any]
+    # The dialect this record was rewritten into (None: as written), and the codings it keeps
+    # because the dialect has no equivalent (`system|code`, once each).
+    dialect: str | None = None
+    kept: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -178,6 +295,23 @@ class ScenarioSpec:
     def expect(self) -> dict[str, list[str]]:
         expected: dict[str, list[str]] = self.raw.get("expect", {})
         return expected
+
+    @property
+    def rewritable(self) -> bool:
+        """False when the scenario is written in one dialect on purpose (`"dialects": false`)."""
+        return self.raw.get("dialects", True) is not False
+
+    def in_dialect(self, dialect: Dialect) -> ScenarioSpec:
+        """The same patient as a record of `dialect` (module docstring); itself, unchanged,
+        for a scenario that is not rewritable."""
+        if not self.rewritable:
+            return self
+        kept: dict[str, None] = {}
+        raw = dict(self.raw)
+        for key in ("resources", "draftOrders"):
+            if key in raw:
+                raw[key] = [_rewrite_short(short, dialect, kept) for short in raw[key]]
+        return ScenarioSpec(self.id, self.description, raw, dialect.name, tuple(kept))
 
     @property
     def prefetch_errors(self) -> list[str]:
@@ -283,6 +417,8 @@ class ScenarioSpec:
                 raise ScenarioError(f"selections must be indexes 1 to {len(drafts)} of draftOrders")
         if self.hook == "order-select" and not self.selections():
             raise ScenarioError("order-select needs at least one draft order, selected")
+        if not isinstance(raw.get("dialects", True), bool):
+            raise ScenarioError("dialects must be true or false")
         errors = raw.get("prefetchErrors", [])
         if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
             raise ScenarioError("prefetchErrors must be a list of resource types")
@@ -303,10 +439,65 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
+def _rewrite_short(
+    short: Mapping[str, Any], dialect: Dialect, kept: dict[str, None]
+) -> dict[str, Any]:
+    """A short-form resource in `dialect`; the codings kept for want of an equivalent are added
+    to `kept`."""
+    rewritten: dict[str, Any] = {}
+    for key, value in short.items():
+        if key == "code":
+            codes = []
+            for item in _as_list(value):
+                code, gap = dialect.translate(str(item), key)
+                if gap:
+                    kept[code] = None
+                if code not in codes:  # two source codings may become one
+                    codes.append(code)
+            rewritten[key] = codes if isinstance(value, list) else codes[0]
+        elif key in ("resourceType", "text", "date"):
+            rewritten[key] = value
+        else:
+            rewritten[key] = _rewrite_fhir(value, key, dialect, kept)
+    return rewritten
+
+
+def _rewrite_fhir(value: Any, key: str, dialect: Dialect, kept: dict[str, None]) -> Any:
+    """FHIR as written, under the short-form `key`, with its Codings and Quantities in
+    `dialect`."""
+    if isinstance(value, list):
+        return [_rewrite_fhir(item, key, dialect, kept) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if "value" in value:  # a Quantity (a Coding has no value)
+        system, code, unit = value.get("system"), value.get("code"), value.get("unit")
+        written = code if isinstance(code, str) and code else unit
+        if system in (None, UCUM) and isinstance(written, str) and written in dialect.units:
+            quantity = {k: v for k, v in value.items() if k not in ("unit", "system", "code")}
+            return {**quantity, **dialect.units[written]}
+        return dict(value)
+    system, code = value.get("system"), value.get("code")
+    if isinstance(system, str) and isinstance(code, str):
+        target, gap = dialect.translate(f"{system}|{code}", key)
+        if gap:
+            kept[target] = None
+        if target != f"{system}|{code}":
+            # Without display: a display would let text patterns stand in for the code.
+            new_system, _, new_code = target.partition("|")
+            return {"system": new_system, "code": new_code}
+        return dict(value)
+    return {k: _rewrite_fhir(v, key, dialect, kept) for k, v in value.items()}
+
+
 def load_scenarios(path: Path) -> list[ScenarioSpec]:
-    """Every scenario in a description file, or in every `*.json` of a directory. Raises
+    """Every scenario in a description file, or in every `*.json` of a directory but the dialect
+    table (`dialects.json`). Raises
     ScenarioError, naming the file, for a description that does not follow the format."""
-    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    files = (
+        sorted(f for f in path.glob("*.json") if f.name != DIALECT_TABLE)
+        if path.is_dir()
+        else [path]
+    )
     specs: list[ScenarioSpec] = []
     seen: dict[str, Path] = {}
     for file in files:

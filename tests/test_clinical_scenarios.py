@@ -1,6 +1,9 @@
 """Clinical scenarios: every described patient (`scenarios/*.json`, format in `service.synthetic`)
 gets exactly the expected card topics, for each guideline profile its `expect` lists, from the
-service of its hook, called as an EHR that honours the prefetch templates would call it."""
+service of its hook, called as an EHR that honours the prefetch templates would call it; and so
+does the same patient written in each dialect of `scenarios/dialects.json` (a US record, an
+international one), except the scenarios written in one dialect on purpose (`"dialects": false`).
+A dialect variant with other cards than the original is a table error or a knowledge gap."""
 
 from __future__ import annotations
 
@@ -14,12 +17,26 @@ import pytest
 from support.scenario_calls import ProfileApps, scenario_request, service_for_hook
 
 from service.settings import data_root
-from service.synthetic import ScenarioSpec, load_scenarios
+from service.synthetic import ScenarioSpec, load_dialects, load_scenarios
 
 SCENARIOS = load_scenarios(data_root() / "scenarios")
+DIALECTS = load_dialects(data_root() / "scenarios")
+VARIANTS = [
+    *SCENARIOS,
+    *(
+        spec.in_dialect(dialect)
+        for dialect in DIALECTS.values()
+        for spec in SCENARIOS
+        if spec.rewritable
+    ),
+]
 CASES = [
-    pytest.param(spec, profile, id=f"{spec.id}[{profile}]")
-    for spec in SCENARIOS
+    pytest.param(
+        spec,
+        profile,
+        id=f"{spec.id}[{profile}{'/' + spec.dialect if spec.dialect else ''}]",
+    )
+    for spec in VARIANTS
     for profile in spec.expect
 ]
 RECOMMENDATIONS = data_root() / "mappings" / "CodeSystem-rpl-recommendation.json"
@@ -59,8 +76,15 @@ def _explain(
     summaries = "\n".join(
         f"    {card['source']['topic']['code']}: {card.get('summary')}" for card in cards
     )
+    dialect = (
+        f"written as a {spec.dialect} record (scenarios/dialects.json; kept for want of an "
+        f"equivalent: {list(spec.kept) or 'nothing'})\n"
+        if spec.dialect
+        else ""
+    )
     return (
         f"\n{spec.id} ({spec.hook} -> {service_id}, profile {profile}): {spec.description}\n"
+        f"  {dialect}"
         f"  expected: {sorted(expected)}\n"
         f"  actual:   {sorted(actual)}\n"
         f"  missing:  {sorted(expected - actual)}; unexpected: {sorted(actual - expected)}\n"

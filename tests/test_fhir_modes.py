@@ -4,6 +4,10 @@ fhirServer; and they agree with the prefetch the clinical scenario tests answer 
 descriptions alone. The synthetic scenarios are loaded with `rpl-cds load-scenarios`, as an
 integration engineer would, with the same reference date for relative dates as the calls.
 
+Each scenario runs as described and as the record of each dialect of `scenarios/dialects.json`
+(`load-scenarios --dialect`; one server per dialect, since a dialect's record has the same ids);
+scenarios written in one dialect on purpose (`"dialects": false`) only as described.
+
 Patient-view scenarios only: order hooks carry their drafts in the context, which no server holds;
 and scenarios with `prefetchErrors` are left out (the service fetches a failed key again)."""
 
@@ -12,7 +16,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, ExitStack
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,42 +32,74 @@ from support.scenario_calls import (
 )
 
 from service.settings import data_root
-from service.synthetic import ScenarioSpec, load_scenarios
+from service.synthetic import ScenarioSpec, load_dialects, load_scenarios
 
 SCENARIOS = load_scenarios(data_root() / "scenarios")
+DIALECTS = load_dialects(data_root() / "scenarios")
 PATIENT_VIEW = [s for s in SCENARIOS if s.hook == "patient-view" and not s.prefetch_errors]
+# Grouped by dialect: the first case of a dialect starts its server.
 CASES = [
-    pytest.param(spec, profile, id=f"{spec.id}[{profile}]")
+    pytest.param(
+        spec if dialect is None else spec.in_dialect(DIALECTS[dialect]),
+        profile,
+        id=f"{spec.id}[{profile}{'/' + dialect if dialect else ''}]",
+    )
+    for dialect in (None, *DIALECTS)
     for spec in PATIENT_VIEW
+    if dialect is None or spec.rewritable
     for profile in spec.expect
 ]
 # The service's today (UTC); load-scenarios resolves relative dates against the same date.
 TODAY = datetime.now(UTC).date()
 
 
+class DialectServers:
+    """One server per dialect its patients are written in (None: as described), started on first
+    use and kept for the module: a dialect's record has the same ids as the original, so the two
+    cannot share a server."""
+
+    def __init__(self, stack: ExitStack, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._stack = stack
+        self._tmp = tmp_path_factory
+        self._servers: dict[str | None, FhirServer] = {}
+
+    def get(self, dialect: str | None) -> FhirServer:
+        if dialect not in self._servers:
+            server = self._stack.enter_context(sekmet_server(self._tmp.mktemp("fhir")))
+            loaded = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "service.cli",
+                    "load-scenarios",
+                    "--fhir-server",
+                    server.base_url,
+                    "--token",
+                    server.token,
+                    "--today",
+                    TODAY.isoformat(),
+                    *(["--dialect", dialect] if dialect else []),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert loaded.returncode == 0, loaded.stderr
+            assert f"{len(SCENARIOS)} scenario patients loaded" in loaded.stdout
+            self._servers[dialect] = server
+        return self._servers[dialect]
+
+
 @pytest.fixture(scope="module")
-def fhir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FhirServer]:
-    with sekmet_server(tmp_path_factory.mktemp("fhir")) as server:
-        loaded = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "service.cli",
-                "load-scenarios",
-                "--fhir-server",
-                server.base_url,
-                "--token",
-                server.token,
-                "--today",
-                TODAY.isoformat(),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert loaded.returncode == 0, loaded.stderr
-        assert f"{len(SCENARIOS)} scenario patients loaded" in loaded.stdout
-        yield server
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DialectServers]:
+    with ExitStack() as stack:
+        yield DialectServers(stack, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def fhir(servers: DialectServers) -> FhirServer:
+    """The server with the patients as described."""
+    return servers.get(None)
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +123,9 @@ def server_fields(fhir: FhirServer, token: str | None = None) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("spec", "profile"), CASES)
 async def test_three_prefetch_modes_agree(
-    spec: ScenarioSpec, profile: str, fhir: FhirServer, apps: ProfileApps
+    spec: ScenarioSpec, profile: str, servers: DialectServers, apps: ProfileApps
 ) -> None:
+    fhir = servers.get(spec.dialect)
     client, discovery = await apps.get(profile)
     service = service_for_hook(discovery, spec.hook)
     templates = service.get("prefetch", {})
@@ -110,8 +147,9 @@ async def test_three_prefetch_modes_agree(
     assert response.status_code == 200, ("record", response.text)
     answers["record"] = topics(response.json())
     expected = set(spec.expect[profile])
+    written = f", as a {spec.dialect} record (kept: {list(spec.kept)})" if spec.dialect else ""
     assert answers == dict.fromkeys(answers, expected), (
-        f"{spec.id} ({profile}): expected {sorted(expected)}; by mode: "
+        f"{spec.id} ({profile}{written}): expected {sorted(expected)}; by mode: "
         + "; ".join(f"{mode} {sorted(found)}" for mode, found in answers.items())
     )
 
