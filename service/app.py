@@ -37,6 +37,9 @@ from service.settings import Settings, data_root
 
 log = logging.getLogger("rpl_cds")
 
+# Per outbound client (the operator's endpoints; the FHIR servers calls name).
+_HTTP_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+
 
 def create_app(settings: Settings | None = None, catalogue: Catalogue | None = None) -> FastAPI:
     """`catalogue`: knowledge already loaded from `settings`' directories, served as it is."""
@@ -58,16 +61,13 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
         # For the operator's own endpoints (issuers' JWKS): not limited to the FHIR hosts.
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.fhir_time_budget_seconds),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            limits=_HTTP_LIMITS,
             follow_redirects=False,
         )
         policy = EgressPolicy.from_entries(settings.fhir_allowed_hosts, settings.fhir_allow_http)
         # For the servers that calls name: only the hosts and addresses the policy allows.
         fhir_http = httpx.AsyncClient(
-            transport=checked_transport(
-                CheckedBackend(policy),
-                httpx.Limits(max_connections=100, max_keepalive_connections=20),
-            ),
+            transport=checked_transport(CheckedBackend(policy), _HTTP_LIMITS),
             timeout=httpx.Timeout(settings.fhir_time_budget_seconds),
             follow_redirects=False,
             trust_env=False,

@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.ops.logging import CALL_LOGGER
 from service.ops.metrics import Metrics
+from service.ops.routes import OPERATIONS_PATHS
 
 log = logging.getLogger(CALL_LOGGER)
 
@@ -45,7 +46,7 @@ class CallObserver:
         service = fields.get("service", "-")
         self.metrics.requests.labels(endpoint, service, str(status)).inc()
         self.metrics.latency.labels(endpoint, service).observe(seconds)
-        if endpoint in ("/healthz", "/readyz", "/metrics"):
+        if endpoint in OPERATIONS_PATHS:
             return
         log.info(
             "call",
