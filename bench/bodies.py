@@ -35,7 +35,7 @@ from support.scenario_calls import (  # noqa: E402
     service_for_hook,
 )
 
-from service.synthetic import ScenarioSpec, load_scenarios  # noqa: E402
+from service.authoring.synthetic import ScenarioSpec, load_scenarios  # noqa: E402
 
 SIZES = (30, 200, 1000, 5000)
 BASE_TARGET = 30

@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.services is not None:
         services = json.loads(args.services.read_text())
     else:
-        from service.engine.catalogue import load_catalogue
+        from service.cdshooks.catalogue import load_catalogue
         from service.settings import bundled_knowledge_dirs
 
         services = load_catalogue(bundled_knowledge_dirs()).discovery()["services"]

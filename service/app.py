@@ -14,10 +14,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from sqlalchemy.exc import DBAPIError
 
+from service.cdshooks.catalogue import Catalogue, load_catalogue
 from service.cdshooks.contract import served_contract
 from service.cdshooks.routes import admin as admin_router
 from service.cdshooks.routes import router as cds_router
-from service.engine.catalogue import Catalogue, load_catalogue
 from service.engine.knowledge_cache import KnowledgeCache
 from service.errors import UnexpectedErrors, install_error_handlers, outcome_response
 from service.feedback.issued_writer import IssuedCardWriter

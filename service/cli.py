@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from service.engine.catalogue import Catalogue, load_catalogue
+from service.cdshooks.catalogue import Catalogue, load_catalogue
 from service.engine.knowledge_cache import KnowledgeCache
 from service.engine.problems import KnowledgeError
 from service.settings import Settings, bundled_knowledge_dirs, data_root
@@ -24,7 +24,7 @@ from service.settings import Settings, bundled_knowledge_dirs, data_root
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from service.synthetic import ScenarioSpec
+    from service.authoring.synthetic import ScenarioSpec
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,7 +104,7 @@ def _setting_problems(error: ValidationError) -> list[str]:
 def _scenario_specs(path: Path, dialect: str | None) -> list[ScenarioSpec] | None:
     """The scenarios of `path`, written in `dialect` when one is named; None (the problem
     printed) when they or the dialect table are not usable."""
-    from service.synthetic import ScenarioError, load_dialects, load_scenarios
+    from service.authoring.synthetic import ScenarioError, load_dialects, load_scenarios
 
     try:
         specs = load_scenarios(path)
@@ -174,7 +174,7 @@ def _load_reporting(
 def _render_clinical_logic(dirs: Sequence[Path], output: Path | None, *, check: bool) -> int:
     """Render from the given directories (default: the bundled knowledge, so the committed file
     does not depend on a deployment's settings); write, or with `check` compare."""
-    from service.clinical_doc import COMMAND, default_output, render
+    from service.authoring.clinical_doc import COMMAND, default_output, render
 
     root = data_root()
     target = output or default_output()

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import httpx
 from fastapi import Request
 
-from service.engine.catalogue import Catalogue
+from service.cdshooks.catalogue import Catalogue
 from service.fhir.fetch import FhirFetcher
 from service.ops.metrics import Metrics
 from service.settings import Settings

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from support.scenario_calls import ProfileApps, scenario_request, service_for_hook
 
+from service.authoring.synthetic import load_scenarios
 from service.settings import data_root
-from service.synthetic import load_scenarios
 
 SPECS = {spec.id: spec for spec in load_scenarios(data_root() / "scenarios")}
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from service.authoring.clinical_doc import COMMAND, render
 from service.cli import main
-from service.clinical_doc import COMMAND, render
 from service.settings import bundled_knowledge_dirs, data_root
 
 ROOT = data_root()

@@ -1,4 +1,4 @@
-"""Clinical scenarios: every described patient (`scenarios/*.json`, format in `service.synthetic`)
+"""Clinical scenarios: every described patient (`scenarios/*.json`, format in `service.authoring.synthetic`)
 gets exactly the expected card topics, for each guideline profile its `expect` lists, from the
 service of its hook, called as an EHR that honours the prefetch templates would call it; and so
 does the same patient written in each dialect of `scenarios/dialects.json` (a US record, an
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from support.scenario_calls import ProfileApps, scenario_request, service_for_hook
 
+from service.authoring.synthetic import ScenarioSpec, load_dialects, load_scenarios
 from service.settings import data_root
-from service.synthetic import ScenarioSpec, load_dialects, load_scenarios
 
 SCENARIOS = load_scenarios(data_root() / "scenarios")
 DIALECTS = load_dialects(data_root() / "scenarios")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from service.engine.catalogue import RETRIEVE_ONLY_EXTENSION, load_catalogue
+from service.cdshooks.catalogue import RETRIEVE_ONLY_EXTENSION, load_catalogue
 from service.engine.fhirpath import compile_expression
 from service.engine.functions import engine_functions
 from service.engine.problems import KnowledgeError

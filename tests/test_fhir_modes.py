@@ -31,8 +31,8 @@ from support.scenario_calls import (
     service_for_hook,
 )
 
+from service.authoring.synthetic import ScenarioSpec, load_dialects, load_scenarios
 from service.settings import data_root
-from service.synthetic import ScenarioSpec, load_dialects, load_scenarios
 
 SCENARIOS = load_scenarios(data_root() / "scenarios")
 DIALECTS = load_dialects(data_root() / "scenarios")

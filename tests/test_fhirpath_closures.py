@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from support.scenario_calls import ProfileApps, scenario_request, service_for_hook
 
+from service.authoring.synthetic import load_scenarios
 from service.engine.fhirpath import CompiledExpression, compile_expression, plain
 from service.engine.knowledge import load_knowledge
 from service.settings import data_root
-from service.synthetic import load_scenarios
 
 SCENARIOS = load_scenarios(data_root() / "scenarios")
 PROFILES = ("eshre", "asrm", "rcog")

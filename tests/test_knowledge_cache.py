@@ -12,7 +12,7 @@ import fhir.resources.R4B
 import pytest
 
 import service.engine.fhirpath
-from service.engine.catalogue import Catalogue, load_catalogue
+from service.cdshooks.catalogue import Catalogue, load_catalogue
 from service.engine.knowledge_cache import CACHE_FILE, KnowledgeCache
 from service.engine.problems import KnowledgeError
 from service.settings import data_root

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from service.engine.catalogue import load_catalogue
+from service.cdshooks.catalogue import load_catalogue
 from service.engine.problems import KnowledgeError
 
 VAR = "http://hl7.org/fhir/StructureDefinition/variable"

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from support.scenario_calls import scenario_request, service_for_hook
 
+from service.authoring.synthetic import load_scenarios
 from service.settings import data_root
-from service.synthetic import load_scenarios
 
 EXAMPLE = data_root() / "docs" / "examples" / "local-lab-codes"
 LOCAL = "https://hospital.example.org/fhir/CodeSystem/lab-tests"

@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, settings
 from support.contract_fuzz import CHECKS_CONFIG, with_order_selections
 from support.live_server import live_server
 
+from service.cdshooks.catalogue import load_catalogue
 from service.cdshooks.contract import served_contract
-from service.engine.catalogue import load_catalogue
 from service.settings import LOOPBACK_HOSTS, Settings, bundled_knowledge_dirs
 
 MAX_EXAMPLES = 30

@@ -1,4 +1,4 @@
-"""Scenario dialects (`service.synthetic`, module docstring): how a record is rewritten, and that the
+"""Scenario dialects (`service.authoring.synthetic`, module docstring): how a record is rewritten, and that the
 dialect table `scenarios/dialects.json` only uses what the knowledge already recognises: every
 coding is in a ValueSet of `mappings/`, a rewrite stays in a ValueSet its source is in, every unit
 spelling means the same number to the unit tables, and every knowledge coding the scenarios use is
@@ -15,16 +15,16 @@ from typing import Any
 
 import pytest
 
-from service.engine.check_digits import loinc_problem, snomed_problem
-from service.engine.units import UnitTable
-from service.settings import data_root
-from service.synthetic import (
+from service.authoring.synthetic import (
     Dialect,
     ScenarioError,
     ScenarioSpec,
     load_dialects,
     load_scenarios,
 )
+from service.engine.check_digits import loinc_problem, snomed_problem
+from service.engine.units import UnitTable
+from service.settings import data_root
 
 SCT, CM, LOINC = "http://snomed.info/sct", "http://hl7.org/fhir/sid/icd-10-cm", "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"

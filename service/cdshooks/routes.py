@@ -14,6 +14,7 @@ from service.auth.dependency import authenticated, authenticated_admin
 from service.auth.identity import ClientIdentity
 from service.cdshooks.body import read_json
 from service.cdshooks.cards import encode_cards
+from service.cdshooks.catalogue import CdsService
 from service.cdshooks.models import (
     CONTEXT_MODELS,
     FeedbackItem,
@@ -24,7 +25,6 @@ from service.cdshooks.models import (
 )
 from service.cdshooks.prefetch import assemble_record
 from service.engine.apply import Subject, apply_plan
-from service.engine.catalogue import CdsService
 from service.errors import Issue, ServiceError, validation_issues
 from service.feedback.records import FeedbackEntry, IssuedCard, TopicSummary
 from service.ops.timing import timer_of

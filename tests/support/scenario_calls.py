@@ -1,4 +1,4 @@
-"""CDS Hooks calls for the described scenarios (`service.synthetic`), as an EHR that honours the
+"""CDS Hooks calls for the described scenarios (`service.authoring.synthetic`), as an EHR that honours the
 service's prefetch templates would make them.
 
     service = service_for_hook(discovery["services"], spec.hook)
@@ -29,9 +29,9 @@ import pytest
 from conftest import running
 
 from service.app import create_app
+from service.authoring.synthetic import ScenarioSpec
 from service.fhir.templates import Unrenderable, render
 from service.settings import Settings
-from service.synthetic import ScenarioSpec
 
 USER = "Practitioner/syn-clinician"
 # The bundled service of each hook, used only when discovery lists several `rpl-` services for it.

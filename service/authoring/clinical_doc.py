@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from service.cdshooks.cards import OVERRIDE_REASON_EXTENSION, RECOMMENDED_EXTENSION
-from service.engine.catalogue import Catalogue, load_catalogue
+from service.cdshooks.catalogue import Catalogue, load_catalogue
 from service.engine.knowledge import (
     APPLICABILITY_BEHAVIOR,
     UNIT_TABLE_SUFFIX,

@@ -1,0 +1,1 @@
+"""Tools for knowledge authors: the clinical logic rendered for review, synthetic patients."""
