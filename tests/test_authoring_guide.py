@@ -25,10 +25,11 @@ import pytest
 from fhir.resources.R4B.requestgroup import RequestGroup
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
-from service.cdshooks import cards
-from service.engine import apply, catalogue, knowledge, terminology
+from service.cdshooks import cards, catalogue
+from service.engine import apply, knowledge, terminology
 from service.engine.functions import SIGNATURES
 from service.engine.knowledge import ENGINE_VARIABLES
+from service.fhir import templates
 from service.fhirops import routes
 from service.settings import Settings, bundled_knowledge_dirs
 
@@ -151,7 +152,7 @@ def test_the_guide_documents_what_the_code_defines() -> None:
         apply.APPLICABILITY_BEHAVIOR,
     ):
         assert url in text, url
-    for token in catalogue.ALLOWED_TOKENS:
+    for token in templates.PREFETCH_TOKENS:
         assert f"{{{{{token}}}}}" in text, token
     for code in (*terminology.TRANSLATING_EQUIVALENCES, *terminology.TRANSLATING_RELATIONSHIPS):
         assert f"`{code}`" in text, code

@@ -18,23 +18,12 @@ from service.engine.knowledge import (
 )
 from service.engine.knowledge_cache import KnowledgeCache
 from service.engine.problems import KnowledgeError, Problem
+from service.fhir.templates import PREFETCH_TOKENS
 
 QUERY_PATTERN_EXTENSION = "http://hl7.org/fhir/StructureDefinition/cqf-fhirQueryPattern"
 # A retrieve whose data arrive through another requirement's broader query: it is bound as
 # `%<id>` but is no prefetch key, so a plan can read many narrow code groups from a few queries.
 RETRIEVE_ONLY_EXTENSION = "https://fhir.rpl-cds.org/StructureDefinition/retrieve-only"
-# The only prefetch tokens CDS Hooks 2.0 defines.
-ALLOWED_TOKENS = frozenset(
-    {
-        "context.patientId",
-        "context.encounterId",
-        "context.userId",
-        "userPractitionerId",
-        "userPractitionerRoleId",
-        "userPatientId",
-        "userRelatedPersonId",
-    }
-)
 _TOKEN = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
 
 
@@ -205,7 +194,7 @@ class _PrefetchBuilder:
         template = _query_pattern(requirement) or self._query(requirement, path)
         if template is None:
             return None
-        bad = [token for token in _TOKEN.findall(template) if token not in ALLOWED_TOKENS]
+        bad = [token for token in _TOKEN.findall(template) if token not in PREFETCH_TOKENS]
         if bad:
             self.problem(path, f"prefetch tokens not in CDS Hooks 2.0: {bad}")
             return None

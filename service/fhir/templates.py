@@ -18,12 +18,17 @@ from service.dates import add_months
 
 _TOKEN = re.compile(r"\{\{\s*(.*?)\s*\}\}")
 _TODAY = re.compile(r"^today\(\)(?:\s*([+-])\s*(\d+)\s*(day|week|month|year)s?)?$")
+# The one table of CDS Hooks 2.0 prefetch tokens: the knowledge check (cdshooks/catalogue.py)
+# accepts exactly these, and rendering reads the user tokens' resource types from it.
 _USER_TOKENS = {
     "userPractitionerId": "Practitioner",
     "userPractitionerRoleId": "PractitionerRole",
     "userPatientId": "Patient",
     "userRelatedPersonId": "RelatedPerson",
 }
+PREFETCH_TOKENS = frozenset(
+    {"context.patientId", "context.encounterId", "context.userId", *_USER_TOKENS}
+)
 
 
 class Unrenderable(ValueError):
