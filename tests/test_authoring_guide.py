@@ -27,7 +27,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from service.cdshooks import cards, catalogue
 from service.engine import apply, knowledge, terminology
-from service.engine.functions import SIGNATURES
+from service.engine.fhirpath.functions import SIGNATURES
 from service.engine.knowledge import ENGINE_VARIABLES
 from service.fhir import templates
 from service.fhirops import routes

@@ -12,7 +12,7 @@ import pytest
 
 from service.cdshooks.catalogue import RETRIEVE_ONLY_EXTENSION, load_catalogue
 from service.engine.fhirpath import compile_expression
-from service.engine.functions import engine_functions
+from service.engine.fhirpath.functions import engine_functions
 from service.engine.problems import KnowledgeError
 from service.engine.terminology import TEXT_PATTERN_EXTENSION, Terminology
 from service.engine.units import UnitTable

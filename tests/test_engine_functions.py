@@ -18,7 +18,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhirpathpy.engine.invocations import invocation_registry
 
 from service.engine.fhirpath import compile_expression
-from service.engine.functions import (
+from service.engine.fhirpath.functions import (
     SIGNATURES,
     check_expression,
     clinical_date,
@@ -1073,7 +1073,7 @@ def test_check_expression_with_escaped_literal() -> None:
 
 @pytest.mark.parametrize("name", sorted(SIGNATURES))
 def test_every_function_is_documented(name: str) -> None:
-    import service.engine.functions as module
+    import service.engine.fhirpath.functions as module
 
     assert f"`{name}(" in (module.__doc__ or "")
 

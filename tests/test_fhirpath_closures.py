@@ -1,4 +1,4 @@
-"""The closure compiler (service/engine/closures.py) against fhirpathpy's interpreter.
+"""The closure compiler (service/engine/fhirpath/closures.py) against fhirpathpy's interpreter.
 
 The closures evaluate every knowledge expression; fhirpathpy is the reference. Every expression
 the bundled knowledge evaluates over every clinical scenario (each hook, each profile) must give

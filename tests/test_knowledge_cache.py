@@ -11,7 +11,7 @@ from typing import Any
 import fhir.resources.R4B
 import pytest
 
-import service.engine.fhirpath
+import service.engine.fhirpath.expression
 from service.cdshooks.catalogue import Catalogue, load_catalogue
 from service.engine.knowledge_cache import CACHE_FILE, KnowledgeCache
 from service.engine.problems import KnowledgeError
@@ -36,7 +36,7 @@ def test_a_second_start_neither_parses_nor_validates(
 ) -> None:
     first = load(tmp_path)
     assert (tmp_path / CACHE_FILE).is_file()
-    monkeypatch.setattr(service.engine.fhirpath, "parse_strict", refuse)
+    monkeypatch.setattr(service.engine.fhirpath.expression, "parse_strict", refuse)
     # knowledge.py imports it where it validates, so the module attribute is what it finds.
     monkeypatch.setattr(fhir.resources.R4B, "get_fhir_model_class", refuse)
     second = load(tmp_path)

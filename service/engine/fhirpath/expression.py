@@ -27,7 +27,7 @@ from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
-from service.engine.closures import Evaluator, Model, Unsupported, compile_closures
+from service.engine.fhirpath.closures import Evaluator, Model, Unsupported, compile_closures
 from service.engine.knowledge_cache import KnowledgeCache
 
 R4_MODEL: dict[str, Any] = models["r4"]

@@ -365,7 +365,7 @@ def check_expression(
     `expression`: the text, or its parse tree (`CompiledExpression.tree`).
 
     Syntax errors are not reported here (fhirpathpy's parser recovers silently; the strict parse
-    in `fhirpath.py` reports them)."""
+    in `expression.py` reports them)."""
     problems: list[str] = []
     tree = _parse(expression) if isinstance(expression, str) else expression
     for name, params in _calls(tree):
