@@ -20,11 +20,11 @@ from fhirpathpy.engine.invocations import invocation_registry
 from service.engine.fhirpath import compile_expression
 from service.engine.fhirpath.functions import (
     SIGNATURES,
-    check_expression,
     clinical_date,
     engine_functions,
     parse_date,
 )
+from service.engine.fhirpath.static_check import check_expression
 from service.engine.knowledge import Knowledge
 from service.engine.terminology import Terminology
 from service.engine.units import UCUM, UnitTable, quantity_unit

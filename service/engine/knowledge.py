@@ -23,7 +23,8 @@ from service.engine.fhirpath import (
     ExpressionError,
     compile_expression,
 )
-from service.engine.fhirpath.functions import check_expression, engine_functions
+from service.engine.fhirpath.functions import engine_functions
+from service.engine.fhirpath.static_check import check_expression
 from service.engine.knowledge_cache import KnowledgeCache
 from service.engine.orderable import orderable_problems
 from service.engine.problems import KnowledgeError, Problem

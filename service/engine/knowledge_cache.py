@@ -27,7 +27,8 @@ from typing import Any
 
 import orjson
 from fhir.resources import __version__ as FHIR_RESOURCES_VERSION
-from fhirpathpy import __version__ as FHIRPATHPY_VERSION
+
+from service.engine.fhirpath.adapter import VERSION as FHIRPATHPY_VERSION
 
 log = logging.getLogger("rpl_cds.knowledge")
 

@@ -47,36 +47,20 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from fhirpathpy.engine import param_check_table
-from fhirpathpy.engine.evaluators import (
-    boolean_literal,
-    date_time_literal,
-    identifier,
-    number_literal,
-    quantity_literal,
-    string_literal,
-    time_literal,
-)
-from fhirpathpy.engine.invocations import invocation_registry
-from fhirpathpy.engine.invocations.existence import distinct_fn
-from fhirpathpy.engine.nodes import FP_Quantity
-from fhirpathpy.engine.util import get_data, process_user_invocation_table
 
-Items = list[Any]
-Node = Mapping[str, Any]
-_Literal = Callable[[Any, Any, Node], Items]
+from service.engine.fhirpath import adapter
+from service.engine.fhirpath.adapter import Items, Node
 
-# fhirpathpy is untyped; these annotations are what this module relies on.
-_boolean_literal: _Literal = boolean_literal
-_date_time_literal: _Literal = date_time_literal
-_identifier: _Literal = identifier
-_number_literal: _Literal = number_literal
-_quantity_literal: _Literal = quantity_literal
-_string_literal: _Literal = string_literal
-_time_literal: _Literal = time_literal
-_get_data: Callable[[Any], Any] = get_data
-_user_functions: Callable[[Mapping[str, Any]], dict[str, Any]] = process_user_invocation_table
-_PARAM_CHECKS: Mapping[str, Callable[[Any], Any]] = param_check_table
+_boolean_literal = adapter.boolean_literal
+_date_time_literal = adapter.date_time_literal
+_identifier = adapter.identifier
+_number_literal = adapter.number_literal
+_quantity_literal = adapter.quantity_literal
+_string_literal = adapter.string_literal
+_time_literal = adapter.time_literal
+_get_data = adapter.get_data
+_user_functions = adapter.user_functions
+_PARAM_CHECKS = adapter.PARAM_CHECKS
 
 
 class Unsupported(Exception):
@@ -154,7 +138,7 @@ class _Compiler:
     def __init__(self, model: Model, functions: Mapping[str, Any]) -> None:
         self.model = model.model
         self.user = set(functions)
-        self.registry: dict[str, Any] = {**invocation_registry, **_user_functions(functions)}
+        self.registry: dict[str, Any] = {**adapter.BUILTINS, **_user_functions(functions)}
         # Called without fhirpathpy's wrapper, which converts float inputs to Decimal: the
         # engine's functions treat the two alike.
         self.direct = {name: entry["fn"] for name, entry in functions.items()}
@@ -266,7 +250,7 @@ class _Compiler:
                             out.extend(found)
                         elif found is not None:
                             out.append(found)
-                elif isinstance(item, FP_Quantity):
+                elif isinstance(item, adapter.QuantityValue):
                     out.append(item.value)  # as fhirpathpy: whatever the member's name
                 elif key == "length":
                     out.append(len(item))
@@ -598,7 +582,7 @@ def _union(ctx: Any, a: Items, b: Items) -> Items:
     return _distinct(ctx, items)
 
 
-_distinct: Callable[[Any, Items], Items] = distinct_fn
+_distinct = adapter.distinct
 
 # Singletons of these types are compared by fhirpathpy as Python compares them (after reading a
 # float as a Decimal); anything else (its date and quantity types, collections) goes to it.
@@ -648,7 +632,7 @@ def _in(ctx: Any, a: Items, b: Items) -> Any:
     return any(candidate == item for candidate in b)
 
 
-_REGISTRY: Mapping[str, Any] = invocation_registry
+_REGISTRY = adapter.BUILTINS
 _FASTER: Mapping[str, Callable[..., Any]] = {
     "|": _union,
     "inOp": _in,

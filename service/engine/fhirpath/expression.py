@@ -1,36 +1,26 @@
-"""FHIRPath compilation, strict.
+"""FHIRPath compilation, strict, and the one place that chooses an expression's evaluator.
 
 fhirpathpy's parser recovers from syntax errors silently (`Condition.where(` compiles and fails,
-or worse answers, only when evaluated), so knowledge would load with broken expressions. This
-module parses once, with an error listener that collects what ANTLR reports, and insists that the
-whole text was consumed. The parse tree is compiled to closures (`closures.py`: fhirpathpy's
-interpreter costs most of a hook call), or, for what that compiler does not cover, handed to
-fhirpathpy's evaluator with the R4 model (so `effective` finds `effectiveDateTime`). Built-ins
-that answer wrongly (`single()` returns an error as a value) are replaced.
+or worse answers, only when evaluated), so knowledge would load with broken expressions. The
+strict parse (`adapter.parse_strict`) collects what ANTLR reports and insists that the whole text
+was consumed. The parse tree is compiled to closures (`closures.py`: fhirpathpy's interpreter
+costs most of a hook call), or, for what that compiler does not cover, handed to fhirpathpy's
+evaluator with the R4 model (so `effective` finds `effectiveDateTime`). Built-ins that answer
+wrongly (`single()` returns an error as a value) are replaced.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from antlr4 import CommonTokenStream, InputStream, Token
-from antlr4.error.ErrorListener import ErrorListener
-from antlr4.tree.Tree import ParseTreeWalker
-from fhirpathpy import apply_parsed_path
-from fhirpathpy.engine import util
-from fhirpathpy.models import models
-from fhirpathpy.parser.ASTPathListener import ASTPathListener
-from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
-from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
-
+from service.engine.fhirpath.adapter import R4_MODEL, interpreter, parse_strict
 from service.engine.fhirpath.closures import Evaluator, Model, Unsupported, compile_closures
 from service.engine.knowledge_cache import KnowledgeCache
 
-R4_MODEL: dict[str, Any] = models["r4"]
 _R4 = Model(R4_MODEL)
 
 
@@ -45,10 +35,6 @@ def _resource_types(parents: Mapping[str, str | None]) -> frozenset[str]:
 
 RESOURCE_TYPES = _resource_types(R4_MODEL["type2Parent"])
 
-# fhirpathpy is untyped; these annotations are what this module relies on.
-_ast_builder: Callable[[], Any] = ASTPathListener
-_interpreter: Callable[..., Evaluator] = util.set_paths
-
 # `%name` outside string literals and backtick-quoted identifiers.
 _STRINGS = re.compile(r"'(?:[^'\\]|\\.)*'|`[^`]*`")
 _VARIABLE = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)")
@@ -60,36 +46,6 @@ BUILTIN_VARIABLES = frozenset({"ucum", "sct", "loinc"})
 
 class ExpressionError(ValueError):
     """The expression is not valid FHIRPath."""
-
-
-class _CollectingListener(ErrorListener):  # type: ignore[misc]
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-
-    def syntaxError(
-        self, recognizer: Any, offendingSymbol: Any, line: int, column: int, msg: str, e: Any
-    ) -> None:
-        self.errors.append(f"column {column + 1}: {msg}")
-
-
-def parse_strict(expression: str) -> tuple[dict[str, Any], list[str]]:
-    """fhirpathpy's parse tree of the expression, and the syntax errors (none when it is valid)."""
-    listener = _CollectingListener()
-    lexer = FHIRPathLexer(InputStream(expression))
-    lexer.removeErrorListeners()
-    lexer.addErrorListener(listener)
-    tokens = CommonTokenStream(lexer)
-    parser = FHIRPathParser(tokens)
-    parser.removeErrorListeners()
-    parser.addErrorListener(listener)
-    tree = parser.expression()
-    if not listener.errors and tokens.LA(1) != Token.EOF:
-        listener.errors.append(f"unexpected text after column {tokens.LT(1).start}")
-    if listener.errors:
-        return {}, listener.errors
-    builder = _ast_builder()
-    ParseTreeWalker().walk(builder, tree)
-    return builder.parentStack[0], []
 
 
 def referenced_variables(expression: str) -> set[str]:
@@ -144,8 +100,9 @@ class CompiledExpression:
 
     def reference(self, resource: Any, environment: Mapping[str, Any]) -> list[Any]:
         """The same expression evaluated by fhirpathpy's interpreter (for comparisons)."""
-        evaluate = _interpreter(apply_parsed_path, self.tree, R4_MODEL, dict(self._options))
-        return evaluate(resource, dict(environment))
+        evaluate = interpreter(self.tree, self._options)
+        result: list[Any] = evaluate(resource, dict(environment))
+        return result
 
 
 def _single(inputs: list[Any]) -> list[Any]:
@@ -179,6 +136,6 @@ def compile_expression(
         evaluate = compile_closures(tree, _R4, table)
     except Unsupported:
         evaluator = "fhirpathpy"
-        evaluate = _interpreter(apply_parsed_path, tree, R4_MODEL, options)
+        evaluate = interpreter(tree, options)
     variables = frozenset(referenced_variables(expression))
     return CompiledExpression(expression, variables, evaluate, tree, evaluator, options)

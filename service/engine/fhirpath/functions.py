@@ -59,38 +59,26 @@ resource happened wins over when it was recorded. For ordering, each date is rea
 with its offset when it has one, else as UTC, and a partial date as the start of its year or
 month.
 
-`check_expression(text, terminology, units)` is the static check the knowledge loader runs on
-each expression: unknown functions (neither fhirpathpy's nor ours), wrong numbers of arguments,
-literal ValueSet urls that are not loaded or cannot be expanded, literal units no unit table
-mentions.
+The load-time static check of expressions that call these functions is in `static_check.py`.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any
 
-from fhirpathpy.engine.evaluators import string_literal
-from fhirpathpy.engine.invocations import invocation_registry
-from fhirpathpy.engine.nodes import FP_DateTime, FP_Quantity
-from fhirpathpy.engine.util import get_data
-from fhirpathpy.parser import parse
-
+from service.engine.fhirpath import adapter
 from service.engine.terminology import Terminology
 from service.engine.units import UnitTable, quantity_unit, to_decimal
 
 FunctionTable = dict[str, dict[str, Any]]
 
-# fhirpathpy is untyped; these annotations are what this module relies on.
-_BUILTINS = cast(Mapping[str, Mapping[str, Any]], invocation_registry)
-_get_data: Callable[[Any], Any] = get_data
-_parse: Callable[[str], Mapping[str, Any]] = parse
-_unquote: Callable[[Any, Any, Mapping[str, Any]], list[str]] = string_literal
+_get_data = adapter.get_data
 
 # Name -> accepted numbers of arguments and their fhirpathpy parameter types. "AnyAtRoot" is what
 # fhirpathpy's own `combine`/`union` use: the argument is evaluated from the expression's root (or
@@ -102,14 +90,6 @@ SIGNATURES: dict[str, dict[int, list[str]]] = {
     "daysBetween": {0: [], 1: ["AnyAtRoot"]},
     "latest": {0: []},
     "clinicalDate": {0: []},
-}
-
-# Standard FHIRPath functions fhirpathpy does not implement, with what to write instead.
-_INSTEAD = {
-    "memberOf": "use inValueSet(url)",
-    "resolve": "not available; bind the referenced resources to a variable",
-    "subsumes": "not available; list the codes in a ValueSet and use inValueSet(url)",
-    "subsumedBy": "not available; list the codes in a ValueSet and use inValueSet(url)",
 }
 
 # Choice elements and plain elements holding a resource's clinical date, in order of preference.
@@ -288,7 +268,7 @@ def _offset(zone: str) -> timezone:
 
 
 def _calendar_date(value: Any) -> date | None:
-    if isinstance(value, FP_DateTime):
+    if isinstance(value, adapter.DateTimeValue):
         value = value.asStr
     if not isinstance(value, str):
         return None  # a Period, a number, a time: not a date
@@ -298,7 +278,7 @@ def _calendar_date(value: Any) -> date | None:
 
 def _quantity(item: Any, need_value: bool = True) -> tuple[Decimal | None, str | None]:
     """(value, UCUM unit) of a FHIR Quantity or FHIRPath quantity literal; None where unusable."""
-    if isinstance(item, FP_Quantity):
+    if isinstance(item, adapter.QuantityValue):
         unit = item.unit
         # Literal units are quoted UCUM codes ('mg'); bare calendar words (days) are not UCUM.
         code = unit[1:-1] if isinstance(unit, str) and len(unit) > 2 and unit[0] == "'" else None
@@ -353,67 +333,3 @@ def _resource(item: Any, name: str) -> Mapping[str, Any]:
 def _not_a_resource(item: Mapping[str, Any], name: str, expected: str) -> None:
     if "resourceType" in item:
         raise TypeError(f"{name} expects {expected}, got a {item['resourceType']} resource")
-
-
-# Static check
-
-
-def check_expression(
-    expression: str | Mapping[str, Any], terminology: Terminology, units: UnitTable
-) -> list[str]:
-    """Problems an author can fix before any patient data arrives; empty when none is found.
-    `expression`: the text, or its parse tree (`CompiledExpression.tree`).
-
-    Syntax errors are not reported here (fhirpathpy's parser recovers silently; the strict parse
-    in `expression.py` reports them)."""
-    problems: list[str] = []
-    tree = _parse(expression) if isinstance(expression, str) else expression
-    for name, params in _calls(tree):
-        spec = SIGNATURES.get(name)
-        builtin = _BUILTINS.get(name)
-        if spec is None:
-            if builtin is None:
-                hint = _INSTEAD.get(name, "neither a fhirpathpy nor an engine function")
-                problems.append(f"unknown function {name}(): {hint}")
-                continue
-            if name == "trace" or "variadic" in builtin:
-                continue  # fhirpathpy accepts any number of arguments for these
-            spec = builtin.get("arity", {0: []})
-        if len(params) not in spec:
-            expected = " or ".join(str(n) for n in sorted(spec))
-            problems.append(f"{name}() takes {expected} argument(s), got {len(params)}")
-            continue
-        literal = _string_literal(params[0]) if params else None
-        if literal is None:
-            continue  # computed arguments can only be checked when evaluated
-        if name == "inValueSet" and not terminology.knows(literal):
-            problems.append(
-                f"inValueSet('{literal}'): no such ValueSet is loaded, or it cannot be expanded"
-            )
-        if name in ("quantityIn", "convertibleTo") and not units.knows(literal):
-            problems.append(
-                f"{name}('{literal}'): unit '{literal}' is in no unit table (*.units.json); "
-                "units are case-sensitive UCUM codes, list it under 'units' if it needs no "
-                "conversion"
-            )
-    return problems
-
-
-def _calls(node: Mapping[str, Any]) -> Iterator[tuple[str, list[Mapping[str, Any]]]]:
-    if node.get("type") == "FunctionInvocation":
-        function = node["children"][0]
-        identifier, *rest = function["children"]
-        params = list(rest[0].get("children", [])) if rest else []
-        yield str(identifier["text"]).strip("`"), params
-    for child in node.get("children", []):
-        if isinstance(child, Mapping):
-            yield from _calls(child)
-
-
-def _string_literal(node: Mapping[str, Any]) -> str | None:
-    # A literal argument parses as TermExpression > LiteralTerm > StringLiteral.
-    while node.get("type") in ("TermExpression", "LiteralTerm") and len(node["children"]) == 1:
-        node = node["children"][0]
-    if node.get("type") != "StringLiteral":
-        return None
-    return _unquote(None, None, node)[0]
