@@ -26,9 +26,10 @@ from fhir.resources.R4B.requestgroup import RequestGroup
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from service.cdshooks import cards, catalogue
-from service.engine import apply, knowledge, terminology
+from service.engine import apply, compiler, registry, terminology
+from service.engine import plan as plan_model
+from service.engine.compiler import ENGINE_VARIABLES
 from service.engine.fhirpath.functions import SIGNATURES
-from service.engine.knowledge import ENGINE_VARIABLES
 from service.fhir import templates
 from service.fhirops import routes
 from service.settings import Settings, bundled_knowledge_dirs
@@ -134,17 +135,17 @@ def test_the_guide_documents_what_the_code_defines() -> None:
         assert f"`{function}(" in text, f"engine function {function}() is not documented"
     for variable in ENGINE_VARIABLES:
         assert f"`%{variable}`" in text, f"engine variable %{variable} is not documented"
-    for name in (*knowledge.ACTION_PATHS, *knowledge.ACTIVITY_KINDS, *knowledge.KNOWLEDGE_TYPES):
+    for name in (*plan_model.ACTION_PATHS, *compiler.ACTIVITY_KINDS, *registry.KNOWLEDGE_TYPES):
         assert f"`{name}`" in text, name
-    for element, codes in knowledge.ACTION_CODES.items():
+    for element, codes in compiler.ACTION_CODES.items():
         assert f"`{element}`" in text
         for code in codes:
             assert f"{code}" in text, f"{element} code {code}"
-    for kind in knowledge.PARAMETER_TYPES:
+    for kind in compiler.PARAMETER_TYPES:
         assert f"`{kind}`" in text, f"parameter type {kind}"
     for url in (
-        knowledge.VARIABLE_EXTENSION,
-        knowledge.DEFAULT_VALUE_EXTENSION,
+        plan_model.VARIABLE_EXTENSION,
+        compiler.DEFAULT_VALUE_EXTENSION,
         catalogue.QUERY_PATTERN_EXTENSION,
         cards.OVERRIDE_REASON_EXTENSION,
         cards.RECOMMENDED_EXTENSION,

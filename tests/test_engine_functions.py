@@ -25,7 +25,7 @@ from service.engine.fhirpath.functions import (
     parse_date,
 )
 from service.engine.fhirpath.static_check import check_expression
-from service.engine.knowledge import Knowledge
+from service.engine.registry import Registry
 from service.engine.terminology import Terminology
 from service.engine.units import UCUM, UnitTable, quantity_unit
 
@@ -180,9 +180,9 @@ R5_MAP: dict[str, Any] = {
 }
 
 
-def knowledge_of(resources: list[dict[str, Any]]) -> Knowledge:
-    """Knowledge.by_canonical as the loader fills it: url, and url|version when versioned."""
-    knowledge = Knowledge()
+def knowledge_of(resources: list[dict[str, Any]]) -> Registry:
+    """Registry.by_canonical as the loader fills it: url, and url|version when versioned."""
+    knowledge = Registry()
     for resource in resources:
         knowledge.by_canonical[resource["url"]] = resource
         if resource.get("version"):
@@ -206,7 +206,7 @@ UNIT_DOCUMENT: dict[str, Any] = {
     ],
 }
 
-TERMINOLOGY = Terminology.from_knowledge(knowledge_of([*RESOURCES, R5_MAP]))
+TERMINOLOGY = Terminology.from_resources(knowledge_of([*RESOURCES, R5_MAP]).by_canonical)
 UNITS = UnitTable.from_documents([(Path("test.units.json"), UNIT_DOCUMENT)])
 FUNCTIONS = engine_functions(TERMINOLOGY, UNITS, today=lambda: TODAY)
 

@@ -9,14 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.engine.knowledge import (
-    CodeFilterError,
-    Knowledge,
-    Plan,
-    filter_codes,
-    load_knowledge,
-)
+from service.engine.compiler import CodeFilterError, filter_codes
+from service.engine.knowledge import Knowledge, load_knowledge
 from service.engine.knowledge_cache import KnowledgeCache
+from service.engine.plan import Plan
 from service.engine.problems import KnowledgeError, Problem
 from service.fhir.templates import PREFETCH_TOKENS
 

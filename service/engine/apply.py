@@ -36,7 +36,7 @@ from typing import Any
 
 from service.dates import add_months
 from service.engine.fhirpath import CompiledExpression
-from service.engine.knowledge import (
+from service.engine.plan import (
     ACTION_PATHS,
     APPLICABILITY_BEHAVIOR,
     PATH_STEP,

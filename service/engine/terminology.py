@@ -52,10 +52,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from service.engine.knowledge import Knowledge
+from typing import Any
 
 Code = tuple[str, str]  # (system, code)
 
@@ -80,12 +77,8 @@ class Terminology:
     _patterns: Mapping[str, tuple[re.Pattern[str], ...]] = field(default_factory=dict)
 
     @classmethod
-    def from_knowledge(cls, knowledge: Knowledge) -> Terminology:
-        return cls.from_resources(knowledge.by_canonical)
-
-    @classmethod
     def from_resources(cls, by_canonical: Mapping[str, Mapping[str, Any]]) -> Terminology:
-        """Build from canonical → resource (the shape of `Knowledge.by_canonical`): both `url` and
+        """Build from canonical → resource (the shape of `Registry.by_canonical`): both `url` and
         `url|version` keys may point at the same resource; other resource types are ignored."""
         builder = _Builder(by_canonical)
         return builder.build()
