@@ -35,11 +35,11 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from service.dates import add_months
+from service.engine.activity import draft_request, set_path
 from service.engine.fhirpath import CompiledExpression
 from service.engine.plan import (
     ACTION_PATHS,
     APPLICABILITY_BEHAVIOR,
-    PATH_STEP,
     VARIABLE_EXTENSION,
     Action,
     Activity,
@@ -68,13 +68,6 @@ _COPIED_FIELDS = (
     "timingRange",
     "timingTiming",
 )
-# ActivityDefinition elements copied onto the request it becomes (same name on both).
-_ACTIVITY_FIELDS = ("priority", "doNotPerform", "bodySite")
-_TIMING_TO_OCCURRENCE = {
-    "timingDateTime": "occurrenceDateTime",
-    "timingPeriod": "occurrencePeriod",
-    "timingTiming": "occurrenceTiming",
-}
 _BEFORE = frozenset({"before-start", "before", "before-end"})
 _AFTER = frozenset({"after-start", "after", "after-end"})
 
@@ -295,7 +288,7 @@ class _Run:
                     out[path] = "\n".join(str(item) for item in result)
             elif resource is not None and result:
                 path = path.removeprefix(f"{resource['resourceType']}.")
-                _set_path(resource, path, result[0] if len(result) == 1 else result)
+                set_path(resource, path, result[0] if len(result) == 1 else result)
         return targets
 
     def create(
@@ -305,40 +298,13 @@ class _Run:
         environment: dict[str, Any],
         entry: TraceEntry,
     ) -> dict[str, Any]:
-        """A draft request from an ActivityDefinition (ServiceRequest or MedicationRequest), with
-        the definition's dynamic values applied."""
-        definition = activity.raw
-        kind = definition["kind"]
-        resource: dict[str, Any] = {
-            "resourceType": kind,
-            "id": f"{key}-{len(self.contained) + 1}",
-            "status": "draft",
-            "intent": "proposal",
-            "subject": {"reference": f"Patient/{self.subject.patient_id}"},
-        }
-        if definition.get("url"):
-            resource["instantiatesCanonical"] = [definition["url"]]
-        if self.subject.encounter_id:
-            resource["encounter"] = {"reference": f"Encounter/{self.subject.encounter_id}"}
-        resource.update({name: definition[name] for name in _ACTIVITY_FIELDS if name in definition})
-        if kind == "MedicationRequest":
-            if "productCodeableConcept" in definition:
-                resource["medicationCodeableConcept"] = definition["productCodeableConcept"]
-            if "dosage" in definition:
-                resource["dosageInstruction"] = definition["dosage"]
-        else:
-            if "code" in definition:
-                resource["code"] = definition["code"]
-            for timing, occurrence in _TIMING_TO_OCCURRENCE.items():
-                if timing in definition:
-                    resource[occurrence] = definition[timing]
-        for dynamic in activity.dynamic_values:
-            # Every path of an ActivityDefinition's dynamic value is on the resource it defines;
-            # a leading type (`ServiceRequest.note`) is the same path written in full.
-            result = self.evaluate(dynamic.expression, environment, entry)
-            if result:
-                path = dynamic.path.removeprefix(f"{kind}.")
-                _set_path(resource, path, result[0] if len(result) == 1 else result)
+        resource = draft_request(
+            activity,
+            f"{key}-{len(self.contained) + 1}",
+            self.subject.patient_id,
+            self.subject.encounter_id,
+            lambda expression: self.evaluate(expression, environment, entry),
+        )
         self.contained.append(resource)  # only once complete: a failure above adds nothing
         return resource
 
@@ -390,33 +356,6 @@ def _reference(item: Any) -> str | None:
     if isinstance(item, dict) and "resourceType" in item and "id" in item:
         return f"{item['resourceType']}/{item['id']}"
     return None
-
-
-def _set_path(target: dict[str, Any], path: str, value: Any) -> None:
-    """Set `a.b[0].c` on a resource, creating what is missing (dynamicValue.path is a simple
-    FHIRPath: names and indexes only)."""
-    if isinstance(value, dict | list):
-        value = copy.deepcopy(value)  # results share objects with the request's data
-    matches = [PATH_STEP.match(step) for step in path.split(".")]
-    steps = [(m.group(1), m.group(2)) for m in matches if m is not None]
-    if len(steps) != len(matches):
-        raise ValueError(f"unsupported dynamicValue path '{path}'")
-    node: Any = target
-    for position, (name, index) in enumerate(steps):
-        last = position == len(steps) - 1
-        if index is None:
-            if last:
-                node[name] = value
-            else:
-                node = node.setdefault(name, {})
-            continue
-        items = node.setdefault(name, [])
-        while len(items) <= int(index):
-            items.append({})
-        if last:
-            items[int(index)] = value
-        else:
-            node = items[int(index)]
 
 
 def _shift(when: str, amount: float, unit: str) -> str | None:
