@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from service.cdshooks.catalogue import Catalogue, load_catalogue
-from service.engine.knowledge_cache import KnowledgeCache
-from service.engine.problems import KnowledgeError
+from service.engine import KnowledgeCache, KnowledgeError
 from service.settings import Settings, bundled_knowledge_dirs, data_root
 
 if TYPE_CHECKING:

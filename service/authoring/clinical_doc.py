@@ -22,13 +22,16 @@ from typing import Any
 
 from service.cdshooks.cards import OVERRIDE_REASON_EXTENSION, RECOMMENDED_EXTENSION
 from service.cdshooks.catalogue import Catalogue, load_catalogue
-from service.engine.compiler import default_value
-from service.engine.plan import APPLICABILITY_BEHAVIOR, VARIABLE_EXTENSION, Action, Plan
-from service.engine.registry import UNIT_TABLE_SUFFIX
-from service.engine.terminology import (
+from service.engine import (
+    APPLICABILITY_BEHAVIOR,
     TEXT_PATTERN_EXTENSION,
     TRANSLATING_EQUIVALENCES,
     TRANSLATING_RELATIONSHIPS,
+    UNIT_TABLE_SUFFIX,
+    VARIABLE_EXTENSION,
+    Action,
+    Plan,
+    default_value,
 )
 from service.settings import data_root
 

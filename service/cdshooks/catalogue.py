@@ -9,11 +9,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.engine.compiler import CodeFilterError, filter_codes
-from service.engine.knowledge import Knowledge, load_knowledge
-from service.engine.knowledge_cache import KnowledgeCache
-from service.engine.plan import Plan
-from service.engine.problems import KnowledgeError, Problem
+from service.engine import (
+    CodeFilterError,
+    Knowledge,
+    KnowledgeCache,
+    KnowledgeError,
+    Plan,
+    Problem,
+    filter_codes,
+    load_knowledge,
+)
 from service.fhir.templates import PREFETCH_TOKENS
 
 QUERY_PATTERN_EXTENSION = "http://hl7.org/fhir/StructureDefinition/cqf-fhirQueryPattern"

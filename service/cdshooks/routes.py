@@ -24,7 +24,7 @@ from service.cdshooks.models import (
     prefetch_problems,
 )
 from service.cdshooks.prefetch import assemble_record
-from service.engine.apply import Subject, apply_plan
+from service.engine import Subject, apply_plan
 from service.errors import Issue, ServiceError, validation_issues
 from service.feedback.records import FeedbackEntry, IssuedCard, TopicSummary
 from service.ops.timing import timer_of

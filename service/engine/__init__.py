@@ -1,0 +1,42 @@
+"""The generic PlanDefinition engine: knowledge loaded and compiled once, `$apply` per call.
+
+This is the engine's public face: the rest of `service/` imports from here, not from the modules
+inside, so the engine can be re-arranged without touching its callers. The engine imports nothing
+from the HTTP layer (`cdshooks/`, `auth/`, `feedback/`, `ops/`; a test checks it).
+"""
+
+from service.engine.apply import Result, Subject, TraceEntry, apply_plan
+from service.engine.compiler import CodeFilterError, default_value, filter_codes
+from service.engine.knowledge import Knowledge, load_knowledge
+from service.engine.knowledge_cache import KnowledgeCache
+from service.engine.plan import APPLICABILITY_BEHAVIOR, VARIABLE_EXTENSION, Action, Plan
+from service.engine.problems import KnowledgeError, Problem
+from service.engine.registry import UNIT_TABLE_SUFFIX
+from service.engine.terminology import (
+    TEXT_PATTERN_EXTENSION,
+    TRANSLATING_EQUIVALENCES,
+    TRANSLATING_RELATIONSHIPS,
+)
+
+__all__ = [
+    "APPLICABILITY_BEHAVIOR",
+    "TEXT_PATTERN_EXTENSION",
+    "TRANSLATING_EQUIVALENCES",
+    "TRANSLATING_RELATIONSHIPS",
+    "UNIT_TABLE_SUFFIX",
+    "VARIABLE_EXTENSION",
+    "Action",
+    "CodeFilterError",
+    "Knowledge",
+    "KnowledgeCache",
+    "KnowledgeError",
+    "Plan",
+    "Problem",
+    "Result",
+    "Subject",
+    "TraceEntry",
+    "apply_plan",
+    "default_value",
+    "filter_codes",
+    "load_knowledge",
+]

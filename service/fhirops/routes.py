@@ -21,7 +21,7 @@ from pydantic import (
 from service.auth.dependency import authenticated
 from service.cdshooks.body import read_json
 from service.cdshooks.models import resource_problems
-from service.engine.apply import Subject, apply_plan
+from service.engine import Subject, apply_plan
 from service.errors import ServiceError, validation_issues
 from service.fhir.record import PatientRecord
 from service.runtime import Runtime, get_runtime
