@@ -170,7 +170,6 @@ def main() -> None:
         context={"userId": "Practitioner/1", "patientId": "p1"},
         patient={"resourceType": "Patient", "id": "p1", "gender": "female"},
         resources_by_type=record(args.resources, args.actions, random.Random(7)),
-        guideline="default",
         today=date(2026, 1, 1),
     )
     for _ in range(20):  # warm-up

@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
         )
         log.info(
             "ready",
-            extra={"services": sorted(served.services), "guideline": settings.guideline},
+            extra={"services": sorted(served.services), "parameters": served.parameters()},
         )
         try:
             yield
@@ -164,7 +164,7 @@ def serving(app: FastAPI) -> FastAPI:
 
 def _load_catalogue(settings: Settings) -> Catalogue:
     cache = KnowledgeCache.open(settings.cache_dir)
-    catalogue = load_catalogue(settings.all_knowledge_dirs, settings.parameters, cache)
+    catalogue = load_catalogue(settings.all_knowledge_dirs, settings.knowledge_parameters, cache)
     cache.save()
     return catalogue
 

@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("rpl-cds: invalid settings:", *_setting_problems(error), sep="\n  ", file=sys.stderr)
         return 2
     if args.command == "validate":
-        return _validate(args.dirs or settings.all_knowledge_dirs, settings.parameters)
+        return _validate(args.dirs or settings.all_knowledge_dirs, settings.knowledge_parameters)
     if args.command == "migrate":
         return _migrate(settings)
     return _serve(settings, args.host, args.port, args.workers)
@@ -238,7 +238,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
     # Fail here, with the full report, rather than once per worker; the workers then find the
     # knowledge cached.
     cache = KnowledgeCache.open(settings.cache_dir)
-    catalogue = _load_reporting(settings.all_knowledge_dirs, settings.parameters, cache)
+    catalogue = _load_reporting(settings.all_knowledge_dirs, settings.knowledge_parameters, cache)
     if catalogue is None:
         return 1
     cache.save()

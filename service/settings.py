@@ -94,7 +94,9 @@ class Settings(BaseSettings):
         env_prefix="RPL_CDS_", env_file=".env", extra="ignore", env_nested_delimiter="__"
     )
 
-    guideline: Literal["eshre", "asrm", "rcog"] = "eshre"
+    # The knowledge's `guideline` parameter (a profile its logic reads as %guideline); its allowed
+    # values are knowledge too (a ValueSet, checked at load). Unset: the knowledge's default.
+    guideline: str | None = None
     # Values for parameters the knowledge declares (Library.parameter), e.g. lookbacks.
     parameters: dict[str, str | bool | int | float] = Field(default_factory=dict)
     knowledge_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=bundled_knowledge_dirs)
@@ -200,6 +202,14 @@ class Settings(BaseSettings):
     @property
     def all_knowledge_dirs(self) -> list[Path]:
         return [*self.knowledge_dirs, *self.extra_knowledge_dirs]
+
+    @property
+    def knowledge_parameters(self) -> dict[str, Any]:
+        """Values for the knowledge's parameters: RPL_CDS_PARAMETERS, and RPL_CDS_GUIDELINE as
+        the `guideline` parameter when it is set."""
+        if self.guideline is None:
+            return dict(self.parameters)
+        return {**self.parameters, "guideline": self.guideline}
 
     @property
     def cache_dir(self) -> Path:

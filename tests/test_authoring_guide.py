@@ -146,6 +146,7 @@ def test_the_guide_documents_what_the_code_defines() -> None:
     for url in (
         plan_model.VARIABLE_EXTENSION,
         compiler.DEFAULT_VALUE_EXTENSION,
+        compiler.ALLOWED_VALUES_EXTENSION,
         catalogue.QUERY_PATTERN_EXTENSION,
         cards.OVERRIDE_REASON_EXTENSION,
         cards.RECOMMENDED_EXTENSION,

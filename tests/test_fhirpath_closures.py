@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from support.scenario_calls import ProfileApps, scenario_request, service_for_hook
 
-from service.authoring.synthetic import load_scenarios
+from service.authoring.synthetic import load_scenarios, profiles
 from service.engine.fhirpath import CompiledExpression, compile_expression, plain
 from service.engine.knowledge import load_knowledge
 from service.settings import data_root
 
 SCENARIOS = load_scenarios(data_root() / "scenarios")
-PROFILES = ("eshre", "asrm", "rcog")
+PROFILES = profiles()
 KNOWLEDGE = load_knowledge([data_root() / "plandefinitions", data_root() / "mappings"])
 FUNCTIONS = KNOWLEDGE.functions
 

@@ -15,7 +15,7 @@ A file is `{"description": "...", "scenarios": [...]}`. A scenario has these key
                     [1]; order-sign: none unless given
     prefetchErrors  resource types (`"Observation"`) whose prefetch queries the EHR answers with an
                     error (an OperationOutcome) instead of data (optional)
-    expect          {profile: [topic codes]}, profile `eshre`, `asrm` or `rcog`: the exact set of
+    expect          {profile: [topic codes]}, profiles as in `profiles()`: the exact set of
                     card topics (`card.source.topic.code`) the hook's service answers with when the
                     deployment uses that guideline profile; only the profiles listed are tested
     dialects        `false`: the record is written in one dialect on purpose (it tests that very
@@ -75,15 +75,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from service.dates import add_months
-from service.settings import Settings
+from service.engine import Terminology, allowed_values_url, read_documents
+from service.settings import bundled_knowledge_dirs
 
 HOOKS = ("patient-view", "order-select", "order-sign")
 ORDER_HOOKS = ("order-select", "order-sign")
-PROFILES: tuple[str, ...] = get_args(Settings.model_fields["guideline"].annotation)
+# The knowledge parameter RPL_CDS_GUIDELINE sets; scenarios expect cards per value of it.
+PROFILE_PARAMETER = "guideline"
 _KEYS = frozenset(
     {
         "id",
@@ -424,10 +427,12 @@ class ScenarioSpec:
             raise ScenarioError("prefetchErrors must be a list of resource types")
         expect = raw.get("expect")
         if not isinstance(expect, dict) or not expect:
-            raise ScenarioError(f"expect must map at least one profile of {list(PROFILES)}")
+            raise ScenarioError(f"expect must map at least one profile of {list(profiles())}")
         for profile, topics in expect.items():
-            if profile not in PROFILES:
-                raise ScenarioError(f"expect: unknown profile {profile!r}; known: {list(PROFILES)}")
+            if profile not in profiles():
+                raise ScenarioError(
+                    f"expect: unknown profile {profile!r}; known: {list(profiles())}"
+                )
             if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
                 raise ScenarioError(f"expect.{profile} must be a list of topic codes")
         # Malformed relative dates are reported when the file is read, not when used.
@@ -487,6 +492,28 @@ def _rewrite_fhir(value: Any, key: str, dialect: Dialect, kept: dict[str, None])
             return {"system": new_system, "code": new_code}
         return dict(value)
     return {k: _rewrite_fhir(v, key, dialect, kept) for k, v in value.items()}
+
+
+@lru_cache
+def profiles(directories: tuple[Path, ...] | None = None) -> tuple[str, ...]:
+    """The guideline profiles the knowledge allows (default: the bundled knowledge): the codes of
+    the ValueSet its `guideline` Library parameter names as allowed values, sorted. Read from the
+    JSON without compiling the logic; the loader checks the same ValueSet."""
+    problems: list[Any] = []
+    by_canonical: dict[str, dict[str, Any]] = {}
+    for _, resource in read_documents(directories or tuple(bundled_knowledge_dirs()), problems):
+        if resource.get("url"):
+            by_canonical.setdefault(str(resource["url"]), resource)
+    urls = {
+        url
+        for resource in by_canonical.values()
+        if resource.get("resourceType") == "Library"
+        for definition in resource.get("parameter", [])
+        if definition.get("name") == PROFILE_PARAMETER
+        and (url := allowed_values_url(definition)) is not None
+    }
+    terminology = Terminology.from_resources(by_canonical)
+    return tuple(sorted({code for url in urls for _, code in terminology.closure(url)}))
 
 
 def load_scenarios(path: Path) -> list[ScenarioSpec]:

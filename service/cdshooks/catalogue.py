@@ -71,6 +71,10 @@ class Catalogue:
     def discovery(self) -> dict[str, Any]:
         return {"services": [service.discovery() for service in self.services.values()]}
 
+    def parameters(self) -> dict[str, Any]:
+        """The values the knowledge's parameters took (the guideline profile among them)."""
+        return {p.name: p.value for plan in self.knowledge.plans for p in plan.parameters}
+
     def plan(self, plan_id: str) -> Plan | None:
         return next((plan for plan in self.knowledge.plans if plan.id == plan_id), None)
 

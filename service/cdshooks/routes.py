@@ -102,7 +102,6 @@ async def call_service(
         context=call.context,
         patient=assembled.record.patient,
         resources_by_type=assembled.record.by_type,
-        guideline=runtime.settings.guideline,
         today=today,
         missing_data=tuple(assembled.missing_data),
         encounter_id=context.encounterId,

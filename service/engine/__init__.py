@@ -6,16 +6,22 @@ from the HTTP layer (`cdshooks/`, `auth/`, `feedback/`, `ops/`; a test checks it
 """
 
 from service.engine.apply import Result, Subject, TraceEntry, apply_plan
-from service.engine.compiler import CodeFilterError, default_value, filter_codes
+from service.engine.compiler import (
+    CodeFilterError,
+    allowed_values_url,
+    default_value,
+    filter_codes,
+)
 from service.engine.knowledge import Knowledge, load_knowledge
 from service.engine.knowledge_cache import KnowledgeCache
 from service.engine.plan import APPLICABILITY_BEHAVIOR, VARIABLE_EXTENSION, Action, Plan
 from service.engine.problems import KnowledgeError, Problem
-from service.engine.registry import UNIT_TABLE_SUFFIX
+from service.engine.registry import UNIT_TABLE_SUFFIX, read_documents
 from service.engine.terminology import (
     TEXT_PATTERN_EXTENSION,
     TRANSLATING_EQUIVALENCES,
     TRANSLATING_RELATIONSHIPS,
+    Terminology,
 )
 
 __all__ = [
@@ -34,9 +40,12 @@ __all__ = [
     "Problem",
     "Result",
     "Subject",
+    "Terminology",
     "TraceEntry",
+    "allowed_values_url",
     "apply_plan",
     "default_value",
     "filter_codes",
     "load_knowledge",
+    "read_documents",
 ]

@@ -82,7 +82,6 @@ class Subject:
     context: Mapping[str, Any]
     patient: Mapping[str, Any] | None
     resources_by_type: Mapping[str, list[dict[str, Any]]]
-    guideline: str
     today: date
     missing_data: tuple[str, ...] = ()
     encounter_id: str | None = None
@@ -119,7 +118,6 @@ def apply_plan(plan: Plan, subject: Subject) -> Result:
         {
             "patient": dict(subject.patient) if subject.patient else [],
             "context": dict(subject.context),
-            "guideline": subject.guideline,
             "hook": subject.hook or [],
             "missingData": list(subject.missing_data),
             "today": subject.today.isoformat(),

@@ -36,6 +36,10 @@ from service.engine.retrieve import Retrieve
 from service.engine.terminology import Terminology
 
 DEFAULT_VALUE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/cqf-defaultValue"
+# A parameter whose values are codes of a ValueSet (a choice among named options, such as the
+# guideline profile): the value is checked at load, so a misspelt one cannot silently match no
+# branch of the logic. ParameterDefinition has no binding element in R4.
+ALLOWED_VALUES_EXTENSION = "https://fhir.rpl-cds.org/StructureDefinition/parameter-allowed-values"
 # ParameterDefinition types a deployment can set, and the Python values each accepts.
 PARAMETER_TYPES: Mapping[str, tuple[type, ...]] = {
     "integer": (int,),
@@ -60,7 +64,19 @@ ACTION_CODES = {
     "groupingBehavior": frozenset({"visual-group", "logical-group", "sentence-group"}),
 }
 # Variables the engine puts in every evaluation's environment (see engine/apply.py).
-ENGINE_VARIABLES = frozenset({"patient", "context", "guideline", "hook", "missingData", "today"})
+ENGINE_VARIABLES = frozenset({"patient", "context", "hook", "missingData", "today"})
+
+
+def allowed_values_url(definition: Mapping[str, Any]) -> str | None:
+    """The ValueSet a Library parameter's value must come from, if it names one."""
+    return next(
+        (
+            str(extension["valueCanonical"])
+            for extension in definition.get("extension", [])
+            if extension.get("url") == ALLOWED_VALUES_EXTENSION and extension.get("valueCanonical")
+        ),
+        None,
+    )
 
 
 class CodeFilterError(ValueError):
@@ -191,6 +207,19 @@ class PlanCompiler:
         if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
             self._problem(where, f"'{name}' must be of type {kind}, not {value!r}")
             return None
+        url = allowed_values_url(definition)
+        if url is not None:
+            if not self.terminology.knows(url):
+                self._problem(
+                    where, f"'{name}': allowed values {url} is not an expandable ValueSet"
+                )
+                return None
+            codes = sorted({code for _, code in self.terminology.closure(url)})
+            if value not in codes:
+                self._problem(
+                    where, f"'{name}' must be one of {codes} (ValueSet {url}), not {value!r}"
+                )
+                return None
         return Parameter(name, kind, value)
 
     def _data_requirements(self, resource: dict[str, Any]) -> Iterable[tuple[str, dict[str, Any]]]:

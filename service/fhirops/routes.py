@@ -140,7 +140,6 @@ async def apply_operation(
             context=context,
             patient=record.patient,
             resources_by_type=record.by_type,
-            guideline=runtime.settings.guideline,
             today=datetime.now(UTC).date(),
             encounter_id=encounter,
         ),
