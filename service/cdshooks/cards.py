@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 # Name-based uuids live in their own namespace so they cannot collide with other uuid5 users.
@@ -21,6 +22,19 @@ SUMMARY_LIMIT = 140
 
 _INDICATOR = {"routine": "info", "urgent": "warning", "asap": "warning", "stat": "critical"}
 _SINGLE_CHOICE = {"at-most-one", "exactly-one"}
+
+
+@dataclass(frozen=True)
+class Card:
+    """A card as sent (`body`) and the topic it is about, from the action it was encoded from,
+    so that what follows (metrics, issued-card records) need not read it back out of the JSON."""
+
+    body: dict[str, Any]
+    topic_system: str
+    topic_code: str
+
+
+UNTAGGED = "untagged"  # the topic code of a card whose action has no coded topic
 
 
 def card_uuid(hook_instance: str, service_id: str, action_key: str) -> str:
@@ -39,12 +53,20 @@ def encode_cards(
     hook_instance: str,
     service_id: str,
     default_source: str,
-) -> list[dict[str, Any]]:
+) -> list[Card]:
     contained = {r["id"]: r for r in request_group.get("contained", []) if "id" in r}
     return [
-        _card(action, contained, hook_instance, service_id, default_source)
+        Card(
+            _card(action, contained, hook_instance, service_id, default_source),
+            *_topic(action),
+        )
         for action in request_group.get("action", [])
     ]
+
+
+def _topic(action: Mapping[str, Any]) -> tuple[str, str]:
+    topic = _first_coding(action.get("code", [])) or {}
+    return topic.get("system", ""), topic.get("code", UNTAGGED)
 
 
 def _card(

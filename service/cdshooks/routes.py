@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
@@ -13,20 +12,11 @@ from pydantic import ValidationError
 from service.auth.dependency import authenticated, authenticated_admin
 from service.auth.identity import ClientIdentity
 from service.cdshooks.body import read_json
-from service.cdshooks.cards import encode_cards
+from service.cdshooks.call import answer
 from service.cdshooks.catalogue import CdsService
-from service.cdshooks.models import (
-    CONTEXT_MODELS,
-    FeedbackItem,
-    FeedbackRequest,
-    HookContext,
-    HookRequest,
-    prefetch_problems,
-)
-from service.cdshooks.prefetch import assemble_record
-from service.engine import Subject, apply_plan
-from service.errors import Issue, ServiceError, validation_issues
-from service.feedback.records import FeedbackEntry, IssuedCard, TopicSummary
+from service.cdshooks.models import FeedbackItem, FeedbackRequest
+from service.errors import ServiceError, validation_issues
+from service.feedback.records import FeedbackEntry, TopicSummary
 from service.ops.timing import timer_of
 from service.runtime import Runtime, get_runtime
 
@@ -53,30 +43,6 @@ async def discovery(runtime: RuntimeDep) -> Response:
     return _json(runtime.catalogue.discovery())
 
 
-def _parse_call(service: CdsService, body: Any) -> tuple[HookRequest, HookContext]:
-    try:
-        call = HookRequest.model_validate(body)
-    except ValidationError as error:
-        raise ServiceError(400, "invalid CDS Hooks request", validation_issues(error)) from None
-    if call.hook != service.hook:
-        raise ServiceError(
-            400,
-            f"service '{service.id}' answers the '{service.hook}' hook, not '{call.hook}'",
-            [Issue(f"hook must be '{service.hook}'", expression="hook")],
-        )
-    shape = prefetch_problems(call.prefetch)
-    if shape:
-        raise ServiceError(400, "invalid prefetch", shape)
-    model = CONTEXT_MODELS.get(service.hook, HookContext)
-    try:
-        context = model.model_validate(call.context)
-    except ValidationError as error:
-        raise ServiceError(
-            400, f"invalid {service.hook} context", validation_issues(error, root="context")
-        ) from None
-    return call, context
-
-
 @router.post("/cds-services/{service_id}")
 async def call_service(
     service_id: str,
@@ -85,62 +51,14 @@ async def call_service(
     client: Annotated[ClientIdentity | None, Depends(authenticated)],
 ) -> Response:
     service = _service(runtime, service_id, request)
-    call, context = _parse_call(service, await read_json(request, runtime.settings.max_body_bytes))
-    hook_instance = str(call.hookInstance)
-    request.state.log["hookInstance"] = hook_instance
-
-    today = datetime.now(UTC).date()
+    body = await read_json(request, runtime.settings.max_body_bytes)
     timer = timer_of(request)
-    assembled = await assemble_record(
-        service.prefetch, call, runtime.fetcher, runtime.settings, today, timer, client
-    )
-    if assembled.missing_data:
-        request.state.log["missingData"] = assembled.missing_data
-    subject = Subject(
-        hook=service.hook,
-        patient_id=context.patientId,
-        context=call.context,
-        patient=assembled.record.patient,
-        resources_by_type=assembled.record.by_type,
-        today=today,
-        missing_data=tuple(assembled.missing_data),
-        encounter_id=context.encounterId,
-    )
-    with timer.phase("apply"):
-        result = apply_plan(service.plan, subject)
+    answered = await answer(service, body, runtime, client, timer, request.state.log)
     with timer.phase("encode"):
-        cards = encode_cards(
-            result.request_group,
-            hook_instance=hook_instance,
-            service_id=service.id,
-            default_source=service.title or service.id,
-        )
-        body: dict[str, Any] = {"cards": cards}
-        if runtime.settings.return_trace:
-            trace = [entry.__dict__ for entry in result.trace]
-            body["extension"] = {"org.rpl-cds.trace": trace}
-        response = _json(body)
-    request.state.log["cards"] = len(cards)
-    issued = [_issued(card, service.id, hook_instance) for card in cards]
-    for card in issued:
-        runtime.metrics.cards.labels(service.id, card.topic_code).inc()
-    # Written in batches, after the response: the clinician does not wait for the bookkeeping.
-    runtime.issued.add(issued)
+        response = _json(answered.body(with_trace=runtime.settings.return_trace))
     if runtime.settings.server_timing:
         response.headers["Server-Timing"] = timer.header()
     return response
-
-
-def _issued(card: dict[str, Any], service_id: str, hook_instance: str) -> IssuedCard:
-    topic = card["source"].get("topic", {})
-    return IssuedCard(
-        uuid=card["uuid"],
-        service_id=service_id,
-        topic_code=topic.get("code", "untagged"),
-        topic_system=topic.get("system", ""),
-        hook_instance=hook_instance,
-        issued_at=datetime.now(UTC),
-    )
 
 
 @router.post("/cds-services/{service_id}/feedback")

@@ -20,8 +20,9 @@ from pydantic import (
 
 from service.auth.dependency import authenticated
 from service.cdshooks.body import read_json
-from service.cdshooks.models import resource_problems
-from service.engine import Subject, apply_plan
+from service.cdshooks.models import HookContext, resource_problems
+from service.cdshooks.subject import subject_of
+from service.engine import apply_plan
 from service.errors import ServiceError, validation_issues
 from service.fhir.record import PatientRecord
 from service.runtime import Runtime, get_runtime
@@ -132,18 +133,11 @@ async def apply_operation(
     draft_orders = parameters.bundle("draftOrders")
     if draft_orders is not None:
         context["draftOrders"] = draft_orders
-    result = apply_plan(
-        plan,
-        Subject(
-            hook=parameters.string("hook"),
-            patient_id=patient_id,
-            context=context,
-            patient=record.patient,
-            resources_by_type=record.by_type,
-            today=datetime.now(UTC).date(),
-            encounter_id=encounter,
-        ),
-    )
+    # Not validated as a hook's context: an $apply may name no subject, and its fields come
+    # from Parameters the operation has checked already.
+    hook_context = HookContext.model_construct(**context)
+    today = datetime.now(UTC).date()
+    result = apply_plan(plan, subject_of(parameters.string("hook"), hook_context, record, today))
     group = result.request_group
     if runtime.settings.return_trace:
         trace = json.dumps([entry.__dict__ for entry in result.trace])

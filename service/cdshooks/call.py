@@ -1,0 +1,130 @@
+"""One CDS hook call, start to end, as one pipeline: the request, its prefetch resolved into the
+patient record, `$apply` of the service's plan over it, the cards (with their topics), and the
+issued-card records. The route around it (routes.py) only reads the body and writes the response.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.auth.identity import ClientIdentity
+from service.cdshooks.cards import Card, encode_cards
+from service.cdshooks.catalogue import CdsService
+from service.cdshooks.models import CONTEXT_MODELS, HookContext, HookRequest, prefetch_problems
+from service.cdshooks.prefetch import assemble_record
+from service.cdshooks.subject import subject_of
+from service.engine import TraceEntry, apply_plan
+from service.errors import Issue, ServiceError, validation_issues
+from service.feedback.records import IssuedCard
+from service.ops.timing import PhaseTimer
+from service.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class HookCall:
+    """A request that passed every check, with its context in the hook's typed model."""
+
+    request: HookRequest
+    context: HookContext
+
+    @property
+    def hook_instance(self) -> str:
+        return str(self.request.hookInstance)
+
+
+@dataclass(frozen=True)
+class Answer:
+    cards: list[Card]
+    trace: list[TraceEntry]
+
+    def body(self, with_trace: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {"cards": [card.body for card in self.cards]}
+        if with_trace:
+            body["extension"] = {"org.rpl-cds.trace": [entry.__dict__ for entry in self.trace]}
+        return body
+
+
+async def answer(
+    service: CdsService,
+    body: Any,
+    runtime: Runtime,
+    client: ClientIdentity | None,
+    timer: PhaseTimer,
+    log: dict[str, Any],
+) -> Answer:
+    """`log` collects the call's log fields as they become known (a failure keeps the ones
+    before it)."""
+    call = parse_call(service, body)
+    log["hookInstance"] = call.hook_instance
+    today = datetime.now(UTC).date()
+    assembled = await assemble_record(
+        service.prefetch, call.request, runtime.fetcher, runtime.settings, today, timer, client
+    )
+    if assembled.missing_data:
+        log["missingData"] = assembled.missing_data
+    subject = subject_of(
+        service.hook, call.context, assembled.record, today, assembled.missing_data
+    )
+    with timer.phase("apply"):
+        result = apply_plan(service.plan, subject)
+    with timer.phase("encode"):
+        cards = encode_cards(
+            result.request_group,
+            hook_instance=call.hook_instance,
+            service_id=service.id,
+            default_source=service.title or service.id,
+        )
+    # A suppression step (cards the feedback says to hold back) goes here, before the count.
+    log["cards"] = len(cards)
+    record_issued(runtime, issued_records(cards, service.id, call.hook_instance))
+    return Answer(cards, result.trace)
+
+
+def parse_call(service: CdsService, body: Any) -> HookCall:
+    try:
+        request = HookRequest.model_validate(body)
+    except ValidationError as error:
+        raise ServiceError(400, "invalid CDS Hooks request", validation_issues(error)) from None
+    if request.hook != service.hook:
+        raise ServiceError(
+            400,
+            f"service '{service.id}' answers the '{service.hook}' hook, not '{request.hook}'",
+            [Issue(f"hook must be '{service.hook}'", expression="hook")],
+        )
+    shape = prefetch_problems(request.prefetch)
+    if shape:
+        raise ServiceError(400, "invalid prefetch", shape)
+    model = CONTEXT_MODELS.get(service.hook, HookContext)
+    try:
+        context = model.model_validate(request.context)
+    except ValidationError as error:
+        raise ServiceError(
+            400, f"invalid {service.hook} context", validation_issues(error, root="context")
+        ) from None
+    return HookCall(request, context)
+
+
+def issued_records(cards: list[Card], service_id: str, hook_instance: str) -> list[IssuedCard]:
+    issued_at = datetime.now(UTC)
+    return [
+        IssuedCard(
+            uuid=card.body["uuid"],
+            service_id=service_id,
+            topic_code=card.topic_code,
+            topic_system=card.topic_system,
+            hook_instance=hook_instance,
+            issued_at=issued_at,
+        )
+        for card in cards
+    ]
+
+
+def record_issued(runtime: Runtime, issued: list[IssuedCard]) -> None:
+    for card in issued:
+        runtime.metrics.cards.labels(card.service_id, card.topic_code).inc()
+    # Written in batches, after the response: the clinician does not wait for the bookkeeping.
+    runtime.issued.add(issued)
