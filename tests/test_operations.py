@@ -157,7 +157,7 @@ def test_an_unexpected_error_is_a_500_logged_once_on_a_connection_kept_open(
     def broken(*_: Any, **__: Any) -> Any:
         raise RuntimeError("simulated engine failure")
 
-    monkeypatch.setattr("service.cdshooks.routes.apply_plan", broken)
+    monkeypatch.setattr("service.cdshooks.call.apply_plan", broken)
     body = json.dumps(workup_request(two_losses())).encode()
     call = (
         f"POST {WORKUP} HTTP/1.1\r\nHost: cds.test\r\nContent-Type: application/json\r\n"
