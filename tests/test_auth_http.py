@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import running
+from support.calls import WORKUP, assert_outcome, two_losses
 from support.jwt_tokens import (
     SigningKey,
     bearer,
@@ -21,7 +22,6 @@ from support.jwt_tokens import (
     write_jwks,
 )
 from support.patients import workup_request
-from test_service_calls import WORKUP, assert_outcome, two_losses
 
 from service.app import create_app
 

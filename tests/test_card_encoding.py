@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.calls import assert_no_empty_fields
 from support.knowledge import VAR, fp
-from test_service_calls import assert_no_empty_fields
 
 from service.settings import bundled_knowledge_dirs
 

@@ -26,15 +26,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from support.calls import ORDER_SIGN, WORKUP, two_losses
+from support.contract import assert_documented
 from support.db import postgres_database, sqlite_url
+from support.feedback_calls import issue_card, overridden
 from support.jwt_tokens import SigningKey, bearer, mint, new_es384_key, write_jwks
 from support.live_server import live_server
 from support.patients import workup_request
 from support.tcp_proxy import TcpProxy
 from support.tiny_disk import filled, tiny_filesystem
-from test_feedback_http import ORDER_SIGN, issue_card, overridden
-from test_openapi_contract import assert_documented
-from test_service_calls import WORKUP, two_losses
 
 from service.feedback.outage import outage_reason
 from service.settings import IssuerConfig, Settings

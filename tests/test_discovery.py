@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 import httpx
-from test_service_calls import assert_no_empty_fields
+from support.calls import assert_no_empty_fields
 
 TOKENS_2_0 = {
     "context.patientId",

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 from fhir.resources.R4B.requestgroup import RequestGroup
+from support.calls import assert_no_empty_fields, assert_outcome
 from support.knowledge import applies, fp, variable
-from test_service_calls import assert_no_empty_fields, assert_outcome
 
 REPEAT_TEST = {
     "resourceType": "ActivityDefinition",

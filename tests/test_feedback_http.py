@@ -7,26 +7,9 @@ from typing import Any
 
 import httpx
 import pytest
-from support.patients import TWO_LOSSES_ESHRE, Scenario, order_request, workup_request
-from test_service_calls import WORKUP, assert_outcome, two_losses
-
-ORDER_SIGN = "/cds-services/rpl-order-safety-order-sign"
-
-
-async def issue_card(client: httpx.AsyncClient) -> dict[str, Any]:
-    scenario = Scenario("LIT").female().draft_service_request("Paternal lymphocyte immunization")
-    return (await client.post(ORDER_SIGN, json=order_request(scenario, "order-sign"))).json()[
-        "cards"
-    ][0]
-
-
-def overridden(card: dict[str, Any], when: str = "2026-11-21T10:10:23Z") -> dict[str, Any]:
-    return {
-        "card": card["uuid"],
-        "outcome": "overridden",
-        "overrideReason": {"reason": card["overrideReasons"][0], "userComment": "per protocol"},
-        "outcomeTimestamp": when,
-    }
+from support.calls import ORDER_SIGN, WORKUP, assert_outcome, two_losses
+from support.feedback_calls import issue_card, overridden
+from support.patients import TWO_LOSSES_ESHRE, workup_request
 
 
 async def test_feedback_is_stored_once_and_summarised(client: httpx.AsyncClient) -> None:

@@ -16,19 +16,18 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from support.db import BACKENDS, clear_tables, database_url, postgres_database, sqlite_url
+from support.feedback_records import SERVICE, T0, issued
 
 from service.auth.replay import ReplayCache
 from service.feedback.database import SQLITE_BUSY_TIMEOUT_MS
 from service.feedback.migrate import head_revision, upgrade
-from service.feedback.records import FeedbackEntry, IssuedCard, TopicSummary
+from service.feedback.records import FeedbackEntry, TopicSummary
 from service.feedback.revision import HEAD_REVISION
 from service.feedback.store import UNMATCHED_TOPIC, FeedbackStore
 from service.feedback.tables import feedback, metadata
 
-SERVICE = "rpl-workup"
 OTHER_SERVICE = "rpl-treatment"
 REASONS = "http://example.org/CodeSystem/override-reason"
-T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 LATER = datetime.now(UTC) + timedelta(hours=1)
 EARLIER = datetime.now(UTC) - timedelta(hours=1)
 
@@ -67,23 +66,6 @@ async def store(shared_url: str) -> AsyncIterator[FeedbackStore]:
         yield store
     finally:
         await store.close()
-
-
-def issued(
-    uuid: str,
-    topic: str = "thyroid",
-    *,
-    service: str = SERVICE,
-    hook_instance: str = "5f0e7a5e-0000-4000-8000-000000000001",
-) -> IssuedCard:
-    return IssuedCard(
-        uuid=uuid,
-        service_id=service,
-        topic_code=topic,
-        topic_system="http://example.org/CodeSystem/rpl-topic",
-        hook_instance=hook_instance,
-        issued_at=T0,
-    )
 
 
 def accepted(

@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import Counter, Gauge
 from support.db import BACKENDS, database_url
+from support.feedback_records import issued
 from support.patients import Scenario, workup_request
-from test_feedback_store import issued
 
 from service.feedback.issued_writer import IssuedCardWriter
 from service.feedback.store import FeedbackStore

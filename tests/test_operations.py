@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
+from support.calls import WORKUP, assert_outcome, two_losses
 from support.live_server import live_server
 from support.patients import TWO_LOSSES_ESHRE, Scenario, workup_request
-from test_service_calls import WORKUP, assert_outcome, two_losses
 
 from service.settings import Settings
 
