@@ -215,7 +215,8 @@ class _Builder:
             else:
                 self.spellings.setdefault(written, (ucum, file, path))
 
-    def entry(self, file: Path, path: str, entry: Any) -> None:
+    def entry(self, file: Path, path: str, entry: Any) -> None:  # noqa: C901
+        # Each field of a conversion entry is checked on its own, so an author sees every problem.
         if not isinstance(entry, dict):
             self.problem(file, path, "a conversion is a JSON object")
             return

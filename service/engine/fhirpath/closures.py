@@ -228,7 +228,9 @@ class _Compiler:
     def _TotalInvocation(self, node: Node) -> Step:
         return lambda focus, scope: _arraify(scope.total)
 
-    def _MemberInvocation(self, node: Node) -> Step:
+    def _MemberInvocation(self, node: Node) -> Step:  # noqa: C901
+        # One compiled step per navigation shape, chosen here once so that evaluation branches
+        # on nothing (this is the hot path of every hook call).
         key = _identifier(None, None, node["children"][0])[0].replace("`", "")
         if key[0] == key[0].upper():
             raise Unsupported(f"type name {key} as a path")
