@@ -75,7 +75,7 @@ def orderable_problems(documents: Sequence[tuple[Path, Mapping[str, Any]]]) -> l
         kind = resource.get("kind")
         element = CODED_ELEMENT.get(str(kind))
         if element is None:
-            continue  # refused where an action uses it (engine/knowledge.py)
+            continue  # refused where an action uses it (engine/compiler.py)
         where = f"ActivityDefinition.{element}"
         allowed = systems.get(str(kind))
         if not allowed:
