@@ -4,7 +4,8 @@ whose condition holds first, so the card's `source` is the active profile's own 
 
 First the engine semantics on a hand-written plan (no clinical content), then the bundled
 knowledge over the scenario corpus: under each guideline profile, every card that cites the
-profile's guideline has it as its source, and every card citing ESHRE states the ESHRE strength.
+profile's guideline has it as its source, every card citing ESHRE states the ESHRE strength, and
+the suggested medicines say how to dose them and when to stop.
 """
 
 from __future__ import annotations
@@ -227,3 +228,62 @@ def test_every_card_citing_eshre_states_the_eshre_strength(
     assert not stated & ESHRE_STRENGTH_UNVERIFIED, (
         f"now stated, take them off ESHRE_STRENGTH_UNVERIFIED: {sorted(stated & ESHRE_STRENGTH_UNVERIFIED)}"
     )
+
+
+def _created(card: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        action["resource"]
+        for suggestion in card.get("suggestions", [])
+        for action in suggestion.get("actions", [])
+        if action.get("type") == "create"
+    ]
+
+
+def _dosage(resource: dict[str, Any]) -> str:
+    return " ".join(d.get("text", "") for d in resource.get("dosageInstruction", []))
+
+
+@pytest.mark.parametrize(
+    ("topic", "product", "notes"),
+    [
+        # RCOG GTG 17: until 34 weeks; RCOG GTG 37a: dose by booking weight, 6 weeks postnatal.
+        ("aps-treatment", "enoxaparin", ("34 weeks", "under 50 kg 20 mg", "at least 6 weeks")),
+        ("aps-treatment", "aspirin", ("before conception", "34 weeks")),
+        # ATA 2017: TSH every 4 weeks to mid-pregnancy, target below 2.5 mIU/L.
+        ("thyroid-treatment", "levothyroxine", ("every 4 weeks", "2.5 mIU/L")),
+        ("progesterone-bleeding", "progesterone", ("16 completed weeks", "four 100 mg units")),
+    ],
+)
+def test_a_suggested_medicine_says_when_to_stop_and_how_to_dose(
+    cards_by_profile: dict[str, list[tuple[str, dict[str, Any]]]],
+    topic: str,
+    product: str,
+    notes: tuple[str, ...],
+) -> None:
+    dosages = [
+        _dosage(resource)
+        for cards in cards_by_profile.values()
+        for _, card in cards
+        if card["source"]["topic"]["code"] == topic
+        for resource in _created(card)
+        if product in json.dumps(resource.get("medicationCodeableConcept", {})).lower()
+    ]
+    assert dosages, f"no scenario gets a {topic} card suggesting {product}"
+    for dosage in dosages:
+        assert all(note in dosage for note in notes), dosage
+
+
+def test_the_pregnant_aps_card_gives_the_heparin_dose_and_the_stop_dates(
+    cards_by_profile: dict[str, list[tuple[str, dict[str, Any]]]],
+) -> None:
+    details = [
+        card.get("detail", "")
+        for cards in cards_by_profile.values()
+        for _, card in cards
+        if card["source"]["topic"]["code"] == "aps-treatment"
+        and any("enoxaparin" in json.dumps(r).lower() for r in _created(card))
+    ]
+    assert details
+    for detail in details:
+        assert "booking weight" in detail and "until 34 weeks" in detail, detail
+        assert "at least 6 weeks" in detail, detail
