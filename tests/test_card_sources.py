@@ -164,6 +164,9 @@ ESHRE_STRENGTH_UNVERIFIED = frozenset(
         "warn-lit",
         "warn-metformin",
         "warn-pgt-a",
+        # supportive care for unexplained RPL: neither the 2022 update nor the 2017 table
+        # reachable through the search tool states its strength
+        "workup-complete",
     }
 )
 
