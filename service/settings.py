@@ -154,6 +154,8 @@ class Settings(BaseSettings):
     # days pass. Needs patient_key_secret: without it the service cannot recognise the patient.
     suppression_enabled: bool = True
     suppression_days: int = Field(default=180, ge=1, le=3650)
+    # The look-up is in the clinician's click path: a database slower than this shows every card.
+    suppression_lookup_timeout_seconds: float = Field(default=0.5, gt=0, le=10)
     # HMAC-SHA256 key for the patient keys the suppression memory is stored under (no patient id
     # is stored). Previous secrets are still matched, so a rotation keeps the memories.
     patient_key_secret: SecretStr | None = None

@@ -21,8 +21,10 @@ The memory is the issued-card record, which for these services also holds:
   clinical meaning): any change brings back every suppressed card of the patient, which errs
   towards showing.
 
-A lookup is one indexed read, bounded by LOOKUP_TIMEOUT_SECONDS. When the database cannot answer,
-every card is shown (never a 500, never a wait), and lookups pause for OUTAGE_PAUSE_SECONDS.
+A lookup is one indexed read, bounded by `RPL_CDS_SUPPRESSION_LOOKUP_TIMEOUT_SECONDS`. When the
+database cannot answer in that time, every card is shown (never a 500); after FAILURES_BEFORE_PAUSE
+failures in a row lookups pause for OUTAGE_PAUSE_SECONDS, so that an outage does not add the
+timeout to every call (one slow read on a busy machine does not pause anything).
 """
 
 from __future__ import annotations
@@ -52,9 +54,9 @@ log = logging.getLogger("rpl_cds.suppression")
 SUPPRESSES_REPEAT_PROPERTY: Final = (
     "https://fhir.rpl-cds.org/CodeSystem/override-reason#suppresses-repeat"
 )
-# The read is in the clinician's click path: a database slower than this shows every card.
-LOOKUP_TIMEOUT_SECONDS: Final = 0.3
-# After a failed lookup the next ones are skipped this long, so an outage costs calls nothing.
+# After this many failed lookups in a row, the next ones are skipped for OUTAGE_PAUSE_SECONDS
+# (then one is tried again), so an outage costs the calls nothing.
+FAILURES_BEFORE_PAUSE: Final = 3
 OUTAGE_PAUSE_SECONDS: Final = 5.0
 _KEY_DOMAIN: Final = "rpl-cds/patient-key/1"
 
@@ -161,6 +163,8 @@ class Suppression:
         self._store = store
         self._reasons = reasons
         self._clock = clock
+        self._timeout = settings.suppression_lookup_timeout_seconds
+        self._failures = 0
         self._paused_until: datetime | None = None
 
     @property
@@ -189,19 +193,25 @@ class Suppression:
         if self._paused_until is not None and now < self._paused_until:
             return Screened(cards, [], memory)
         try:
-            async with asyncio.timeout(LOOKUP_TIMEOUT_SECONDS):
+            async with asyncio.timeout(self._timeout):
                 decisions = await self._store.card_decisions(
                     keys, service.id, memory.facts, since=now - self._window
                 )
         except (DatabaseUnavailable, TimeoutError) as error:
-            self._paused_until = now + timedelta(seconds=OUTAGE_PAUSE_SECONDS)
+            self._failures += 1
             reason = error.reason if isinstance(error, DatabaseUnavailable) else "timed out"
+            pause = self._failures >= FAILURES_BEFORE_PAUSE
+            if pause:
+                self._paused_until = now + timedelta(seconds=OUTAGE_PAUSE_SECONDS)
             log.warning(
-                "repeat suppression skipped for %.0f s, all cards shown: database %s",
-                OUTAGE_PAUSE_SECONDS,
+                "repeat suppression lookup failed (%d in a row%s), all cards shown: database %s",
+                self._failures,
+                f"; paused {OUTAGE_PAUSE_SECONDS:.0f} s" if pause else "",
                 reason,
             )
             return Screened(cards, [], memory)
+        self._failures = 0
+        self._paused_until = None
         dealt_with: dict[str, set[Reason]] = {}
         for decision in decisions:
             given = (decision.override_reason_system or "", decision.override_reason_code or "")
