@@ -326,3 +326,16 @@ async def test_cards_are_shown_when_the_database_cannot_answer(tmp_path: Path) -
                 assert shown(await open_chart(client, patient)) == TWO_LOSSES_ESHRE
                 clock.now += timedelta(seconds=OUTAGE_PAUSE_SECONDS + 1)
                 assert "aps-screen" not in shown(await open_chart(client, patient))
+
+
+async def test_the_look_up_is_a_server_timing_phase_of_the_services_that_suppress(
+    tmp_path: Path,
+) -> None:
+    async with service(tmp_path, server_timing=True) as client:
+        answer = await client.post(WORKUP, json=workup_request(two_losses()))
+        assert "suppress;dur=" in answer.headers["server-timing"]
+        scenario = (
+            Scenario("LIT").female().draft_service_request("Paternal lymphocyte immunization")
+        )
+        answer = await client.post(ORDER_SIGN, json=order_request(scenario, "order-sign"))
+        assert "suppress" not in answer.headers["server-timing"]

@@ -118,16 +118,16 @@ async def call_service(
             default_source=service.title or service.id,
         )
     # Cards the clinician already dealt with for this patient are left out (feedback/suppression).
-    with timer.phase("suppress"):
-        screened = await runtime.suppression.screen(
-            service,
-            cards,
-            patient_id=context.patientId,
-            fhir_server=str(call.fhirServer) if call.fhirServer else None,
-            client=client,
-            record=assembled.record,
-            missing_data=assembled.missing_data,
-        )
+    screened = await runtime.suppression.screen(
+        service,
+        cards,
+        patient_id=context.patientId,
+        fhir_server=str(call.fhirServer) if call.fhirServer else None,
+        client=client,
+        record=assembled.record,
+        missing_data=assembled.missing_data,
+        timer=timer,
+    )
     cards = screened.cards
     with timer.phase("encode"):
         body: dict[str, Any] = {"cards": cards}

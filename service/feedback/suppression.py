@@ -46,6 +46,7 @@ from service.engine.knowledge import Knowledge
 from service.feedback.outage import DatabaseUnavailable
 from service.feedback.store import FeedbackStore
 from service.fhir.record import PatientRecord
+from service.ops.timing import PhaseTimer
 from service.settings import Settings
 
 log = logging.getLogger("rpl_cds.suppression")
@@ -181,11 +182,28 @@ class Suppression:
         client: ClientIdentity | None,
         record: PatientRecord,
         missing_data: Sequence[str],
+        timer: PhaseTimer | None = None,
     ) -> Screened:
         """`cards` without those the clinician has dealt with for this patient and these facts,
-        and what to record the cards shown under."""
+        and what to record the cards shown under. The work is the `suppress` phase of `timer`
+        (absent when the service does not suppress)."""
         if not (self._active and service.suppresses_repeats and cards):
             return Screened(cards, [], None)
+        with (timer or PhaseTimer()).phase("suppress"):
+            return await self._screen(
+                service, cards, patient_id, fhir_server, client, record, missing_data
+            )
+
+    async def _screen(
+        self,
+        service: CdsService,
+        cards: list[dict[str, Any]],
+        patient_id: str,
+        fhir_server: str | None,
+        client: ClientIdentity | None,
+        record: PatientRecord,
+        missing_data: Sequence[str],
+    ) -> Screened:
         issuer = client.issuer if client else None
         keys = [patient_key(s, patient_id, issuer, fhir_server) for s in self._secrets]
         memory = Memory(keys[0], facts_digest(record, missing_data))
