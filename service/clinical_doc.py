@@ -24,6 +24,7 @@ from service.cdshooks.cards import OVERRIDE_REASON_EXTENSION, RECOMMENDED_EXTENS
 from service.engine.catalogue import Catalogue, load_catalogue
 from service.engine.knowledge import (
     APPLICABILITY_BEHAVIOR,
+    PREFERRED_CITATION,
     UNIT_TABLE_SUFFIX,
     VARIABLE_EXTENSION,
     Action,
@@ -566,7 +567,15 @@ class _Document:
             label = document.get("display") or document.get("label") or document.get("url")
             url = document.get("url")
             text = _link(str(label), str(url)) if url else _inline(label or "(no label)")
-            lines.append(f"- {text} ({document.get('type', 'documentation')})")
+            kind = str(document.get("type", "documentation"))
+            first_when = [
+                extension.get("valueExpression", {}).get("expression")
+                for extension in document.get("extension", [])
+                if extension.get("url") == PREFERRED_CITATION
+            ]
+            if first_when:
+                kind += f"; the card's source when {_code(first_when[0])}"
+            lines.append(f"- {text} ({kind})")
         self.block(*lines or ["- none listed"])
         reasons = [
             extension.get("valueCoding", {})

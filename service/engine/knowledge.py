@@ -33,6 +33,9 @@ from service.engine.units import UnitTable
 
 VARIABLE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/variable"
 APPLICABILITY_BEHAVIOR = "http://hl7.org/fhir/StructureDefinition/cqf-applicabilityBehavior"
+# On an action's `documentation` entry (a citation): a FHIRPath condition; the entries whose
+# condition is true go first (so the card's source is, e.g., the active profile's guideline).
+PREFERRED_CITATION = "https://fhir.rpl-cds.org/StructureDefinition/cds-preferred-citation"
 UNIT_TABLE_SUFFIX = ".units.json"
 DEFAULT_VALUE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/cqf-defaultValue"
 # ParameterDefinition types a deployment can set, and the Python values each accepts.
@@ -113,6 +116,8 @@ class Action:
     dynamic_values: list[DynamicValue]
     children: list[Action]
     activity: Activity | None
+    # (index in `documentation`, condition): entries put first when their condition is true.
+    preferred_citations: list[tuple[int, CompiledExpression]] = field(default_factory=list)
 
 
 @dataclass
@@ -503,6 +508,7 @@ class _PlanCompiler:
             if compiled is not None:
                 conditions.append(compiled)
         dynamic_values = self._dynamic_values(raw, path, scope)
+        preferred = self._preferred_citations(raw, path, scope)
         if raw.get("id"):
             self.action_ids.add(raw["id"])
         children = [
@@ -525,8 +531,48 @@ class _PlanCompiler:
                     f"definitionCanonical (action paths: {sorted(ACTION_PATHS)})",
                 )
         return Action(
-            raw, path, key, hooks, variables, conditions, dynamic_values, children, activity
+            raw,
+            path,
+            key,
+            hooks,
+            variables,
+            conditions,
+            dynamic_values,
+            children,
+            activity,
+            preferred,
         )
+
+    def _preferred_citations(
+        self, raw: dict[str, Any], path: str, scope: set[str]
+    ) -> list[tuple[int, CompiledExpression]]:
+        preferred = []
+        for index, document in enumerate(raw.get("documentation", [])):
+            extensions = [
+                (number, extension)
+                for number, extension in enumerate(document.get("extension", []))
+                if extension.get("url") == PREFERRED_CITATION
+            ]
+            if not extensions:
+                continue
+            where = f"{path}.documentation[{index}]"
+            if len(extensions) > 1:
+                self._problem(where, "one cds-preferred-citation condition per entry")
+                continue
+            if document.get("type") != "citation":
+                # Only a citation can become the card's source: a preferred `documentation`
+                # entry would be moved first and change nothing the clinician sees.
+                self._problem(f"{where}.type", "a preferred entry must be of type citation")
+                continue
+            number, extension = extensions[0]
+            compiled = self._expression(
+                extension.get("valueExpression", {}),
+                f"{where}.extension[{number}].valueExpression",
+                scope,
+            )
+            if compiled is not None:
+                preferred.append((index, compiled))
+        return preferred
 
     def _check_action_shape(self, raw: dict[str, Any], path: str) -> None:
         action_id = raw.get("id")
