@@ -29,6 +29,7 @@ from service.cdshooks import cards
 from service.engine import apply, catalogue, knowledge, terminology
 from service.engine.functions import SIGNATURES
 from service.engine.knowledge import ENGINE_VARIABLES
+from service.feedback import suppression
 from service.fhirops import routes
 from service.settings import Settings, bundled_knowledge_dirs
 
@@ -149,8 +150,12 @@ def test_the_guide_documents_what_the_code_defines() -> None:
         cards.RECOMMENDED_EXTENSION,
         routes.TRACE_EXTENSION,
         apply.APPLICABILITY_BEHAVIOR,
+        catalogue.REPEAT_SUPPRESSION_EXTENSION,
+        suppression.SUPPRESSES_REPEAT_PROPERTY,
     ):
         assert url in text, url
+    for hook in catalogue.ORDER_HOOKS:
+        assert f"`{hook}`" in text, hook
     for token in catalogue.ALLOWED_TOKENS:
         assert f"{{{{{token}}}}}" in text, token
     for code in (*terminology.TRANSLATING_EQUIVALENCES, *terminology.TRANSLATING_RELATIONSHIPS):

@@ -27,6 +27,7 @@ from service.engine.apply import Subject, apply_plan
 from service.engine.catalogue import CdsService
 from service.errors import Issue, ServiceError, validation_issues
 from service.feedback.records import FeedbackEntry, IssuedCard, TopicSummary
+from service.feedback.suppression import Memory
 from service.ops.timing import timer_of
 from service.runtime import Runtime, get_runtime
 
@@ -116,15 +117,30 @@ async def call_service(
             service_id=service.id,
             default_source=service.title or service.id,
         )
+    # Cards the clinician already dealt with for this patient are left out (feedback/suppression).
+    screened = await runtime.suppression.screen(
+        service,
+        cards,
+        patient_id=context.patientId,
+        fhir_server=str(call.fhirServer) if call.fhirServer else None,
+        client=client,
+        record=assembled.record,
+        missing_data=assembled.missing_data,
+        timer=timer,
+    )
+    cards = screened.cards
+    with timer.phase("encode"):
         body: dict[str, Any] = {"cards": cards}
         if runtime.settings.return_trace:
             trace = [entry.__dict__ for entry in result.trace]
             body["extension"] = {"org.rpl-cds.trace": trace}
         response = _json(body)
     request.state.log["cards"] = len(cards)
-    issued = [_issued(card, service.id, hook_instance) for card in cards]
+    issued = [_issued(card, service.id, hook_instance, screened.memory) for card in cards]
     for card in issued:
         runtime.metrics.cards.labels(service.id, card.topic_code).inc()
+    for topic in screened.suppressed:
+        runtime.metrics.cards_suppressed.labels(service.id, topic).inc()
     # Written in batches, after the response: the clinician does not wait for the bookkeeping.
     runtime.issued.add(issued)
     if runtime.settings.server_timing:
@@ -132,7 +148,9 @@ async def call_service(
     return response
 
 
-def _issued(card: dict[str, Any], service_id: str, hook_instance: str) -> IssuedCard:
+def _issued(
+    card: dict[str, Any], service_id: str, hook_instance: str, memory: Memory | None
+) -> IssuedCard:
     topic = card["source"].get("topic", {})
     return IssuedCard(
         uuid=card["uuid"],
@@ -141,6 +159,8 @@ def _issued(card: dict[str, Any], service_id: str, hook_instance: str) -> Issued
         topic_system=topic.get("system", ""),
         hook_instance=hook_instance,
         issued_at=datetime.now(UTC),
+        patient_key=memory.patient_key if memory else None,
+        facts=memory.facts if memory else None,
     )
 
 
