@@ -75,6 +75,11 @@ def with_condition(expression: str, **action: Any) -> dict[str, Any]:
     ("files", "expected"),
     [
         ({"bad.json": "{not json"}, ["bad.json: -: not readable JSON"]),
+        # A merge that leaves two equal keys must not drop one of them silently.
+        (
+            {"twice.json": '{"resourceType": "Library", "extension": [], "extension": []}'},
+            ["twice.json: -: not readable JSON: the key 'extension' appears twice in one object"],
+        ),
         ({"p.json": plan(date="yesterday")}, ["p.json: PlanDefinition.date"]),
         (
             {"p.json": plan(unknownElement=1)},

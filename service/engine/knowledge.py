@@ -6,7 +6,6 @@ any problem stops start-up.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from service.engine.knowledge_cache import KnowledgeCache
 from service.engine.orderable import orderable_problems
 from service.engine.problems import KnowledgeError, Problem
 from service.engine.retrieve import Retrieve
+from service.engine.strict_json import read_json
 from service.engine.terminology import Terminology
 from service.engine.units import UnitTable
 
@@ -266,8 +266,8 @@ def _read_documents(
             if file.name.endswith(UNIT_TABLE_SUFFIX):
                 continue  # unit tables are read by units.UnitTable
             try:
-                document = json.loads(file.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+                document = read_json(file)
+            except (OSError, UnicodeDecodeError, ValueError) as error:
                 problems.append(Problem(file, "-", f"not readable JSON: {error}"))
                 continue
             yield from _resources_in(file, document, problems)
