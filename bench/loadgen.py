@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVER_PHASES = ("record", "apply", "encode")
+SERVER_PHASES = ("record", "apply", "suppress", "encode")
 REQUEST_TIMEOUT = 60.0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-PHASES = ("auth", "prefetch", "record", "apply", "encode")
+PHASES = ("auth", "prefetch", "record", "apply", "suppress", "encode")
 # The targets (2 cores).
 RATIO_MIN = 0.30
 P99_MAX_MS = 25.0

@@ -4,8 +4,9 @@ with `serving`, in its own process or through `create_worker_app` in each worker
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -23,6 +24,7 @@ from service.errors import UnexpectedErrors, install_error_handlers, outcome_res
 from service.feedback.issued_writer import IssuedCardWriter
 from service.feedback.outage import RETRY_AFTER_SECONDS, DatabaseUnavailable, outage_reason
 from service.feedback.store import FeedbackStore
+from service.feedback.suppression import Suppression, suppressing_reasons
 from service.fhir.egress import CheckedBackend, EgressPolicy, checked_transport
 from service.fhir.fetch import FhirFetcher
 from service.fhirops.routes import router as fhirops_router
@@ -41,8 +43,14 @@ log = logging.getLogger("rpl_cds")
 _HTTP_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 
 
-def create_app(settings: Settings | None = None, catalogue: Catalogue | None = None) -> FastAPI:
-    """`catalogue`: knowledge already loaded from `settings`' directories, served as it is."""
+def create_app(
+    settings: Settings | None = None,
+    catalogue: Catalogue | None = None,
+    *,
+    clock: Callable[[], datetime] | None = None,
+) -> FastAPI:
+    """`catalogue`: knowledge already loaded from `settings`' directories, served as it is.
+    `clock`: the time repeat suppression counts its days by (tests move it)."""
     settings = settings or Settings()
     metrics = Metrics()
     # httpx logs every request URL at INFO, and a FHIR query URL carries the patient id.
@@ -85,8 +93,9 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
             )
         fetcher = FhirFetcher(fhir_http, settings, metrics, policy)
         issued = IssuedCardWriter(store, metrics.issued_dropped, metrics.issued_pending)
+        suppression = _suppression(settings, store, served, clock)
         app.state.runtime = Runtime(
-            settings, served, store, issued, http, metrics, authenticator, fetcher
+            settings, served, store, issued, http, metrics, authenticator, fetcher, suppression
         )
         log.info(
             "ready",
@@ -148,6 +157,32 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
         )
     app.add_middleware(CallObserver, metrics=metrics)
     return app
+
+
+def _suppression(
+    settings: Settings,
+    store: FeedbackStore,
+    catalogue: Catalogue,
+    clock: Callable[[], datetime] | None,
+) -> Suppression:
+    reasons = suppressing_reasons(catalogue.knowledge)
+    suppression = Suppression(settings, store, reasons, **({"clock": clock} if clock else {}))
+    services = sorted(s.id for s in catalogue.services.values() if s.suppresses_repeats)
+    if suppression.active:
+        log.info(
+            "repeat suppression on",
+            extra={"days": settings.suppression_days, "suppressing": services},
+        )
+    elif not settings.suppression_enabled:
+        log.info("repeat suppression off (RPL_CDS_SUPPRESSION_ENABLED=false)")
+    elif settings.patient_key_secret is None:
+        log.warning(
+            "repeat suppression is OFF: RPL_CDS_PATIENT_KEY_SECRET is not set, so the service "
+            "cannot recognise a patient again; dealt-with cards show at every chart opening"
+        )
+    else:
+        log.warning("repeat suppression is OFF: no loaded override reason suppresses repeats")
+    return suppression
 
 
 def create_worker_app() -> FastAPI:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from service.auth.authenticator import Authenticator
     from service.feedback.issued_writer import IssuedCardWriter
     from service.feedback.store import FeedbackStore
+    from service.feedback.suppression import Suppression
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Runtime:
     metrics: Metrics
     authenticator: Authenticator | None
     fetcher: FhirFetcher
+    suppression: Suppression
 
 
 # async: a plain function dependency would be run in the thread pool, a thread hop per request.

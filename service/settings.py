@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, HttpUrl, field_validator, model_validator
+from pydantic import BaseModel, Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # JWS algorithms the CDS Hooks security section allows a client to sign with. Symmetric (HS*) and
@@ -16,6 +16,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"}
 )
+
+
+# A patient key secret shorter than this could be guessed; patient ids themselves are guessable,
+# so the secret is all that keeps a key from being traced back to a patient.
+MIN_PATIENT_KEY_SECRET_LENGTH = 32
 
 
 # Where a FHIR server may be by default: this machine only. Anything else is an operator's choice.
@@ -146,6 +151,17 @@ class Settings(BaseSettings):
     # Calls a worker handles at once; more get 503 with Retry-After at once. A worker's CPU work
     # is serial, so a call beyond this would only wait, on time the EHR may no longer give it.
     max_concurrent_calls: int = Field(default=32, ge=1, le=10_000)
+    # Cards a clinician dealt with (overridden with a reason the knowledge marks as suppressing)
+    # are left out of the same patient's next chart openings until the facts change or this many
+    # days pass. Needs patient_key_secret: without it the service cannot recognise the patient.
+    suppression_enabled: bool = True
+    suppression_days: int = Field(default=180, ge=1, le=3650)
+    # The look-up is in the clinician's click path: a database slower than this shows every card.
+    suppression_lookup_timeout_seconds: float = Field(default=0.5, gt=0, le=10)
+    # HMAC-SHA256 key for the patient keys the suppression memory is stored under (no patient id
+    # is stored). Previous secrets are still matched, so a rotation keeps the memories.
+    patient_key_secret: SecretStr | None = None
+    patient_key_previous_secrets: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
 
     @field_validator(
         "knowledge_dirs",
@@ -154,11 +170,25 @@ class Settings(BaseSettings):
         "admin_issuers",
         "cors_origins",
         "fhir_allowed_hosts",
+        "patient_key_previous_secrets",
         mode="before",
     )
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("patient_key_secret", "patient_key_previous_secrets")
+    @classmethod
+    def _long_secrets(cls, value: SecretStr | list[SecretStr] | None) -> Any:
+        secrets = value if isinstance(value, list) else [value] if value is not None else []
+        shortest = min((len(secret.get_secret_value()) for secret in secrets), default=None)
+        if shortest is not None and shortest < MIN_PATIENT_KEY_SECRET_LENGTH:
+            # The value itself is never repeated in the message.
+            raise ValueError(
+                f"a patient key secret needs at least {MIN_PATIENT_KEY_SECRET_LENGTH} characters "
+                "(e.g. `openssl rand -hex 32`)"
+            )
+        return value
 
     @field_validator("auth_algorithms")
     @classmethod
@@ -198,6 +228,10 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.auth_issuers)
+
+    @property
+    def suppression_active(self) -> bool:
+        return self.suppression_enabled and self.patient_key_secret is not None
 
     @property
     def all_knowledge_dirs(self) -> list[Path]:

@@ -30,6 +30,7 @@ from service.engine import apply, compiler, registry, terminology
 from service.engine import plan as plan_model
 from service.engine.compiler import ENGINE_VARIABLES
 from service.engine.fhirpath.functions import SIGNATURES
+from service.feedback import suppression
 from service.fhir import templates
 from service.fhirops import routes
 from service.settings import Settings, bundled_knowledge_dirs
@@ -152,8 +153,12 @@ def test_the_guide_documents_what_the_code_defines() -> None:
         cards.RECOMMENDED_EXTENSION,
         routes.TRACE_EXTENSION,
         apply.APPLICABILITY_BEHAVIOR,
+        catalogue.REPEAT_SUPPRESSION_EXTENSION,
+        suppression.SUPPRESSES_REPEAT_PROPERTY,
     ):
         assert url in text, url
+    for hook in catalogue.ORDER_HOOKS:
+        assert f"`{hook}`" in text, hook
     for token in templates.PREFETCH_TOKENS:
         assert f"{{{{{token}}}}}" in text, token
     for code in (*terminology.TRANSLATING_EQUIVALENCES, *terminology.TRANSLATING_RELATIONSHIPS):

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support.calls import ORDER_SIGN, WORKUP, assert_outcome, two_losses
+from support.calls import ORDER_SIGN, PEERS, WORKUP, assert_outcome, two_losses
 from support.feedback_calls import issue_card, overridden
 from support.patients import TWO_LOSSES_ESHRE, workup_request
 
@@ -113,8 +113,6 @@ async def test_empty_feedback_and_unknown_service(client: httpx.AsyncClient) -> 
 
 
 async def test_peer_feedback_body_is_accepted(client: httpx.AsyncClient) -> None:
-    from test_service_calls import PEERS
-
     if not PEERS.is_dir():
         pytest.skip(f"{PEERS} not present")
     body = (PEERS / "cql-feedback.json").read_bytes()

@@ -21,7 +21,7 @@ from support.feedback_records import SERVICE, T0, issued
 from service.auth.replay import ReplayCache
 from service.feedback.database import SQLITE_BUSY_TIMEOUT_MS
 from service.feedback.migrate import head_revision, upgrade
-from service.feedback.records import FeedbackEntry, TopicSummary
+from service.feedback.records import FeedbackEntry, IssuedCard, TopicSummary
 from service.feedback.revision import HEAD_REVISION
 from service.feedback.store import UNMATCHED_TOPIC, FeedbackStore
 from service.feedback.tables import feedback, metadata
@@ -119,7 +119,7 @@ async def by_topic(store: FeedbackStore, service_id: str | None = None) -> dict[
 async def test_migrations_create_the_schema_at_head(empty_url: str) -> None:
     store = await FeedbackStore.open(empty_url)
     try:
-        assert head_revision() == "0001"
+        assert head_revision() == "0002"
         # What serving processes compare with, without loading Alembic.
         assert head_revision() == HEAD_REVISION
         assert await store.migration_revision() == head_revision()
@@ -140,7 +140,37 @@ async def test_migrations_create_the_schema_at_head(empty_url: str) -> None:
 
 def test_schema_has_no_patient_identifiers() -> None:
     columns = {column.name for table in metadata.sorted_tables for column in table.columns}
-    assert not {name for name in columns if "patient" in name or "subject" in name}
+    # The one exception is a keyed hash (feedback/suppression.py), never the id itself: the
+    # HTTP tests of repeat suppression read every row to check that.
+    assert {name for name in columns if "patient" in name or "subject" in name} == {"patient_key"}
+
+
+async def test_an_issued_card_from_before_suppression_survives_the_migration(
+    empty_url: str,
+) -> None:
+    from service.feedback.migrate import upgrade_engine
+
+    store = await FeedbackStore.open(empty_url, migrate=False)
+    try:
+        await upgrade_engine(store.engine, "0001")
+        async with store.engine.begin() as connection:
+            await connection.execute(
+                sa.text(
+                    "INSERT INTO issued_cards (uuid, service_id, topic_system, topic_code, "
+                    "hook_instance, issued_at) VALUES ('old', 's', 'x', 't', 'h', :at)"
+                ),
+                {"at": T0},
+            )
+        await upgrade_engine(store.engine)
+        assert await store.migration_revision() == HEAD_REVISION
+        assert [(s.topic_code, s.issued) for s in await store.summary()] == [("t", 1)]
+        async with store.engine.connect() as connection:
+            row = (
+                await connection.execute(sa.text("SELECT patient_key, facts FROM issued_cards"))
+            ).one()
+        assert tuple(row) == (None, None)
+    finally:
+        await store.close()
 
 
 async def test_an_unmigrated_database_has_no_revision(empty_url: str) -> None:
@@ -165,7 +195,7 @@ async def test_migrating_twice_is_a_no_op(empty_url: str) -> None:
             versions = (
                 await connection.execute(sa.text("SELECT version_num FROM alembic_version"))
             ).all()
-        assert [tuple(row) for row in versions] == [("0001",)]
+        assert [tuple(row) for row in versions] == [(HEAD_REVISION,)]
     finally:
         await second.close()
 
@@ -368,6 +398,57 @@ async def test_invalid_input_is_refused_with_value_error(store: FeedbackStore) -
     with pytest.raises(ValueError, match="jti"):
         await store.remember_jti("https://ehr.example.org", "x" * 256, LATER)
     assert await feedback_rows(store) == 0
+
+
+# --- repeat suppression ----------------------------------------------------------------------
+
+
+def remembered(uuid: str, topic: str, key: str = "key-a", facts: str = "facts-1") -> IssuedCard:
+    card = issued(uuid, topic)
+    return IssuedCard(**{**card.__dict__, "patient_key": key, "facts": facts})
+
+
+async def test_card_decisions_are_the_latest_per_card_of_that_patient_and_facts(
+    store: FeedbackStore,
+) -> None:
+    await store.record_issued(
+        [
+            remembered("c1", "thyroid"),
+            remembered("c2", "aps"),
+            remembered("c3", "imaging", key="key-b"),  # another patient
+            remembered("c4", "lifestyle", facts="facts-2"),  # other facts
+            issued("c5", "karyotype"),  # a card recorded without patient key
+        ]
+    )
+    await store.save_feedback(
+        [
+            overridden("c1", T0, code="patient-declined"),
+            # The clinician changed her mind about c2: the newest word counts.
+            overridden("c2", T0, code="patient-declined"),
+            accepted("c2", T0 + timedelta(minutes=5)),
+            overridden("c3", T0, code="patient-declined"),
+            overridden("c4", T0, code="patient-declined"),
+            overridden("c5", T0, code="patient-declined"),
+        ]
+    )
+    since = T0 - timedelta(days=1)
+    decisions = await store.card_decisions(["key-a", "key-old"], SERVICE, "facts-1", since=since)
+    assert sorted((d.topic_code, d.outcome, d.override_reason_code) for d in decisions) == [
+        ("aps", "accepted", None),
+        ("thyroid", "overridden", "patient-declined"),
+    ]
+    assert await store.card_decisions(["key-a"], OTHER_SERVICE, "facts-1", since=since) == []
+    assert await store.card_decisions(["key-a"], SERVICE, "facts-1", since=T0 + timedelta(1)) == []
+    assert await store.card_decisions([], SERVICE, "facts-1", since=since) == []
+
+
+async def test_a_decision_dated_in_the_future_counts_from_when_it_arrived(
+    store: FeedbackStore,
+) -> None:
+    await store.record_issued([remembered("c1", "thyroid")])
+    await store.save_feedback([overridden("c1", datetime.now(UTC) + timedelta(days=365))])
+    (decision,) = await store.card_decisions(["key-a"], SERVICE, "facts-1", since=EARLIER)
+    assert decision.decided_at <= datetime.now(UTC)
 
 
 # --- JWT replay cache -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.knowledge_problems import assert_reported, problems_for
 
 from service.cdshooks.catalogue import load_catalogue
 from service.engine.problems import KnowledgeError
@@ -41,22 +42,6 @@ def plan(**changes: Any) -> dict[str, Any]:
     return resource
 
 
-def problems_for(tmp_path: Path, files: dict[str, Any]) -> list[str]:
-    for name, content in files.items():
-        text = content if isinstance(content, str) else json.dumps(content)
-        (tmp_path / name).write_text(text)
-    with pytest.raises(KnowledgeError) as caught:
-        load_catalogue([tmp_path])
-    return [str(p) for p in caught.value.problems]
-
-
-def assert_reported(tmp_path: Path, files: dict[str, Any], expected: list[str]) -> None:
-    """Loading these files fails, and each expected fragment is in some problem's text."""
-    problems = problems_for(tmp_path, files)
-    for fragment in expected:
-        assert any(fragment in problem for problem in problems), problems
-
-
 def _requirement_with_code(system: str, code: str) -> dict[str, Any]:
     return {
         "type": "Condition",
@@ -75,6 +60,11 @@ def with_condition(expression: str, **action: Any) -> dict[str, Any]:
     ("files", "expected"),
     [
         ({"bad.json": "{not json"}, ["bad.json: -: not readable JSON"]),
+        # A merge that leaves two equal keys must not drop one of them silently.
+        (
+            {"twice.json": '{"resourceType": "Library", "extension": [], "extension": []}'},
+            ["twice.json: -: not readable JSON: the key 'extension' appears twice in one object"],
+        ),
         ({"p.json": plan(date="yesterday")}, ["p.json: PlanDefinition.date"]),
         (
             {"p.json": plan(unknownElement=1)},

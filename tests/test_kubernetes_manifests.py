@@ -107,11 +107,17 @@ def test_service_budget_and_autoscaler_point_at_the_replicas() -> None:
 
 def test_the_settings_are_ones_the_service_accepts() -> None:
     secret = _one("Secret")["stringData"]
-    env = {**_one("ConfigMap")["data"], "RPL_CDS_DATABASE_URL": secret["RPL_CDS_DATABASE_URL"]}
+    from_secret = {
+        entry["name"]: secret[entry["valueFrom"]["secretKeyRef"]["key"]]
+        for entry in _container(_one("Deployment"))["env"]
+        if "secretKeyRef" in entry.get("valueFrom", {})
+    }
+    env = {**_one("ConfigMap")["data"], **from_secret}
     unknown = [name for name in env if not name.startswith("RPL_CDS_")]
     assert not unknown
     settings = settings_from_env(env)
     assert settings.auth_enabled
+    assert settings.suppression_active
     assert not settings.auto_migrate
     assert settings.resolved_database_url.startswith("postgresql+asyncpg://")
     # The issuer's key file is the one the Deployment mounts from the Secret.

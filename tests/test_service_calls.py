@@ -6,13 +6,13 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from support.calls import (
     ORDER_SIGN,
+    PEERS,
     WORKUP,
     assert_no_empty_fields,
     assert_outcome,
@@ -20,7 +20,6 @@ from support.calls import (
 )
 from support.patients import TWO_LOSSES_ESHRE, Scenario, order_request, topics, workup_request
 
-PEERS = Path(__file__).resolve().parents[2] / "shared" / "peer-requests"
 ORDER_SELECT = "/cds-services/rpl-order-safety-order-select"
 
 

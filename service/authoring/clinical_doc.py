@@ -24,6 +24,7 @@ from service.cdshooks.cards import OVERRIDE_REASON_EXTENSION, RECOMMENDED_EXTENS
 from service.cdshooks.catalogue import Catalogue, load_catalogue
 from service.engine import (
     APPLICABILITY_BEHAVIOR,
+    PREFERRED_CITATION,
     TEXT_PATTERN_EXTENSION,
     TRANSLATING_EQUIVALENCES,
     TRANSLATING_RELATIONSHIPS,
@@ -331,6 +332,12 @@ class _Document:
         if raw.get("description"):
             self.block(*str(raw["description"]).strip().splitlines())
         self.block(f"**Served as:** {self.services(plan)}")
+        if any(s.suppresses_repeats for s in self.catalogue.services.values() if s.plan is plan):
+            self.block(
+                "**Repeat suppression:** a card the clinician overrode with a reason it offers "
+                "whose `suppresses-repeat` property is true is not shown again to that patient "
+                "until the record changes or `RPL_CDS_SUPPRESSION_DAYS` pass."
+            )
         if _first_match(raw):
             self.block(
                 "**Only the first recommendation that applies is shown**, in the order below "
@@ -558,7 +565,15 @@ class _Document:
             label = document.get("display") or document.get("label") or document.get("url")
             url = document.get("url")
             text = _link(str(label), str(url)) if url else _inline(label or "(no label)")
-            lines.append(f"- {text} ({document.get('type', 'documentation')})")
+            kind = str(document.get("type", "documentation"))
+            first_when = [
+                extension.get("valueExpression", {}).get("expression")
+                for extension in document.get("extension", [])
+                if extension.get("url") == PREFERRED_CITATION
+            ]
+            if first_when:
+                kind += f"; the card's source when {_code(first_when[0])}"
+            lines.append(f"- {text} ({kind})")
         self.block(*lines or ["- none listed"])
         reasons = [
             extension.get("valueCoding", {})
@@ -768,15 +783,22 @@ class _Document:
         for code_system, file in code_systems:
             self.heading_facts(code_system, file)
             concepts = list(_walk_concepts(code_system.get("concept", [])))
+            # Declared properties (e.g. which override reasons suppress a repeated card) are a
+            # column each: they are part of what the code means to the service.
+            properties = [str(p.get("code")) for p in code_system.get("property", [])]
+            for declared in code_system.get("property", []):
+                if declared.get("description"):
+                    self.block(f"Property `{declared.get('code')}`: {declared['description']}")
             if concepts:
                 self.block(
                     *_table(
-                        ("code", "display", "definition"),
+                        ("code", "display", "definition", *properties),
                         (
                             (
                                 _code(concept.get("code", "")),
                                 str(concept.get("display", "")),
                                 str(concept.get("definition", "")),
+                                *(_property(concept, name) for name in properties),
                             )
                             for concept in concepts
                         ),
@@ -828,3 +850,15 @@ class _Document:
                     "Further units expressions may use (no conversion needed): "
                     + ", ".join(_code(unit) for unit in units)
                 )
+
+
+def _property(concept: Mapping[str, Any], name: str) -> str:
+    """A concept's value of one property, as written (empty when it has none)."""
+    values = [
+        str(value).lower() if isinstance(value, bool) else str(value)
+        for entry in concept.get("property", [])
+        if entry.get("code") == name
+        for key, value in entry.items()
+        if key.startswith("value")
+    ]
+    return ", ".join(values)

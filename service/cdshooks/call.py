@@ -20,6 +20,7 @@ from service.cdshooks.subject import subject_of
 from service.engine import TraceEntry, apply_plan
 from service.errors import Issue, ServiceError, validation_issues
 from service.feedback.records import IssuedCard
+from service.feedback.suppression import Screened
 from service.ops.timing import PhaseTimer
 from service.runtime import Runtime
 
@@ -78,10 +79,22 @@ async def answer(
             service_id=service.id,
             default_source=service.title or service.id,
         )
-    # A suppression step (cards the feedback says to hold back) goes here, before the count.
-    log["cards"] = len(cards)
-    record_issued(runtime, issued_records(cards, service.id, call.hook_instance))
-    return Answer(cards, result.trace)
+    # Cards the clinician already dealt with for this patient are left out (feedback/suppression).
+    screened = await runtime.suppression.screen(
+        service,
+        cards,
+        patient_id=call.context.patientId,
+        fhir_server=str(call.request.fhirServer) if call.request.fhirServer else None,
+        client=client,
+        record=assembled.record,
+        missing_data=assembled.missing_data,
+        timer=timer,
+    )
+    log["cards"] = len(screened.cards)
+    record_issued(runtime, issued_records(screened, service.id, call.hook_instance))
+    for topic in screened.suppressed:
+        runtime.metrics.cards_suppressed.labels(service.id, topic).inc()
+    return Answer(screened.cards, result.trace)
 
 
 def parse_call(service: CdsService, body: Any) -> HookCall:
@@ -108,8 +121,10 @@ def parse_call(service: CdsService, body: Any) -> HookCall:
     return HookCall(request, context)
 
 
-def issued_records(cards: list[Card], service_id: str, hook_instance: str) -> list[IssuedCard]:
+def issued_records(screened: Screened, service_id: str, hook_instance: str) -> list[IssuedCard]:
+    """The cards shown, under the patient key and facts digest when the service suppresses."""
     issued_at = datetime.now(UTC)
+    memory = screened.memory
     return [
         IssuedCard(
             uuid=card.body["uuid"],
@@ -118,8 +133,10 @@ def issued_records(cards: list[Card], service_id: str, hook_instance: str) -> li
             topic_system=card.topic_system,
             hook_instance=hook_instance,
             issued_at=issued_at,
+            patient_key=memory.patient_key if memory else None,
+            facts=memory.facts if memory else None,
         )
-        for card in cards
+        for card in screened.cards
     ]
 
 

@@ -25,6 +25,12 @@ QUERY_PATTERN_EXTENSION = "http://hl7.org/fhir/StructureDefinition/cqf-fhirQuery
 # A retrieve whose data arrive through another requirement's broader query: it is bound as
 # `%<id>` but is no prefetch key, so a plan can read many narrow code groups from a few queries.
 RETRIEVE_ONLY_EXTENSION = "https://fhir.rpl-cds.org/StructureDefinition/retrieve-only"
+# On a PlanDefinition, valueBoolean true: its services may leave out a card the clinician has
+# dealt with for this patient (service/feedback/suppression.py).
+REPEAT_SUPPRESSION_EXTENSION = "https://fhir.rpl-cds.org/StructureDefinition/repeat-suppression"
+# Hooks about orders being written: each call is a new decision on new drafts, and a warning about
+# a dangerous order must show however often an earlier one was overridden. No suppression there.
+ORDER_HOOKS = frozenset({"order-select", "order-sign", "order-dispatch"})
 _TOKEN = re.compile(r"\{\{\s*([^}]*?)\s*\}\}")
 
 
@@ -53,6 +59,8 @@ class CdsService:
     description: str
     prefetch: dict[str, str]
     plan: Plan
+    # Whether a card dealt with for a patient may be left out of this service's next answers.
+    suppresses_repeats: bool = False
 
     def discovery(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"hook": self.hook, "id": self.id, "description": self.description}
@@ -108,6 +116,7 @@ def _services_of(plan: Plan, knowledge: Knowledge, problems: list[Problem]) -> l
         problems.append(Problem(plan.file, "PlanDefinition.description", "required for discovery"))
         return []
     prefetch = _prefetch(plan, knowledge, problems)
+    suppression = _repeat_suppression(plan, problems)
     # A PlanDefinition with one trigger is one service named by its id; with several, each hook
     # gets its own id so EHRs that register services by id alone can tell them apart.
     return [
@@ -118,9 +127,37 @@ def _services_of(plan: Plan, knowledge: Knowledge, problems: list[Problem]) -> l
             description=str(description),
             prefetch=prefetch,
             plan=plan,
+            suppresses_repeats=suppression,
         )
         for hook in plan.hooks
     ]
+
+
+def _repeat_suppression(plan: Plan, problems: list[Problem]) -> bool:
+    values = [
+        extension.get("valueBoolean")
+        for extension in plan.raw.get("extension", [])
+        if extension.get("url") == REPEAT_SUPPRESSION_EXTENSION
+    ]
+    if not values:
+        return False
+    if len(values) > 1 or not isinstance(values[0], bool):
+        problems.append(
+            Problem(plan.file, "PlanDefinition.extension", "repeat-suppression: one valueBoolean")
+        )
+        return False
+    orders = sorted(ORDER_HOOKS.intersection(plan.hooks))
+    if values[0] and orders:
+        problems.append(
+            Problem(
+                plan.file,
+                "PlanDefinition.extension",
+                f"repeat-suppression is refused for order hooks ({', '.join(orders)}): a warning "
+                "about a new order must show however often an earlier one was overridden",
+            )
+        )
+        return False
+    return values[0]
 
 
 def _prefetch(plan: Plan, knowledge: Knowledge, problems: list[Problem]) -> dict[str, str]:

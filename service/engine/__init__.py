@@ -14,7 +14,13 @@ from service.engine.compiler import (
 )
 from service.engine.knowledge import Knowledge, load_knowledge
 from service.engine.knowledge_cache import KnowledgeCache
-from service.engine.plan import APPLICABILITY_BEHAVIOR, VARIABLE_EXTENSION, Action, Plan
+from service.engine.plan import (
+    APPLICABILITY_BEHAVIOR,
+    PREFERRED_CITATION,
+    VARIABLE_EXTENSION,
+    Action,
+    Plan,
+)
 from service.engine.problems import KnowledgeError, Problem
 from service.engine.registry import UNIT_TABLE_SUFFIX, read_documents
 from service.engine.terminology import (
@@ -26,6 +32,7 @@ from service.engine.terminology import (
 
 __all__ = [
     "APPLICABILITY_BEHAVIOR",
+    "PREFERRED_CITATION",
     "TEXT_PATTERN_EXTENSION",
     "TRANSLATING_EQUIVALENCES",
     "TRANSLATING_RELATIONSHIPS",

@@ -13,6 +13,8 @@ Semantics (documented for authors in docs/knowledge-authoring.md):
   whole plan (no action applies), as it did when all were evaluated up front. An action's
   variables are evaluated in document order when the action is reached; they are visible to its
   conditions, dynamic values and children.
+- A `documentation` entry with a `cds-preferred-citation` condition that is true goes first (the
+  card's source); a condition that fails counts as false, the card still shows.
 - `dynamicValue` paths `title`, `description`, `priority`, `timingDateTime`, `textEquivalent` set
   the RequestGroup action; `resource` names existing resources the action is about (one
   RequestGroup action per target, used to remove draft orders); any other path sets the resource
@@ -40,6 +42,7 @@ from service.engine.fhirpath import CompiledExpression
 from service.engine.plan import (
     ACTION_PATHS,
     APPLICABILITY_BEHAVIOR,
+    PREFERRED_CITATION,
     VARIABLE_EXTENSION,
     Action,
     Activity,
@@ -228,6 +231,8 @@ class _Run:
         ]
         if extensions:
             out["extension"] = extensions
+        if action.preferred_citations:
+            out["documentation"] = self.order_documentation(action, environment, entry)
         try:
             resource = (
                 self.create(action.activity, action.key, environment, entry)
@@ -254,6 +259,35 @@ class _Run:
             {**copy.deepcopy(out), "id": f"{action.key}-{index}", "resource": {"reference": target}}
             for index, target in enumerate(targets, start=1)
         ]
+
+    def order_documentation(
+        self, action: Action, environment: dict[str, Any], entry: TraceEntry
+    ) -> list[dict[str, Any]]:
+        """The action's documentation with the entries whose preferred-citation condition is
+        true first, in document order otherwise. A condition that fails counts as false: the
+        order is only a presentation choice and must never hide the card."""
+        preferred: set[int] = set()
+        for index, condition in action.preferred_citations:
+            try:
+                if self.evaluate(condition, environment, entry) == [True]:
+                    preferred.add(index)
+            except Exception as error:  # fhirpathpy raises many types
+                entry.error = f"documentation[{index}] preferred citation: {error}"
+                log.warning("preferred citation failed", extra={"detail": action.path})
+        documents = [
+            {
+                **document,
+                "extension": [
+                    e for e in document.get("extension", []) if e.get("url") != PREFERRED_CITATION
+                ],
+            }
+            for document in action.raw.get("documentation", [])
+        ]
+        for document in documents:
+            if not document["extension"]:
+                del document["extension"]
+        order = sorted(range(len(documents)), key=lambda index: index not in preferred)
+        return [documents[index] for index in order]
 
     def actions(
         self, actions: list[Action], environment: Mapping[str, Any], first_only: bool

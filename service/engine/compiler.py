@@ -22,6 +22,7 @@ from service.engine.plan import (
     ACTION_PATHS,
     APPLICABILITY_BEHAVIOR,
     PATH_STEP,
+    PREFERRED_CITATION,
     VARIABLE_EXTENSION,
     Action,
     Activity,
@@ -299,6 +300,7 @@ class PlanCompiler:
             if compiled is not None:
                 conditions.append(compiled)
         dynamic_values = self._dynamic_values(raw, path, scope)
+        preferred = self._preferred_citations(raw, path, scope)
         if raw.get("id"):
             self.action_ids.add(raw["id"])
         children = [
@@ -321,8 +323,48 @@ class PlanCompiler:
                     f"definitionCanonical (action paths: {sorted(ACTION_PATHS)})",
                 )
         return Action(
-            raw, path, key, hooks, variables, conditions, dynamic_values, children, activity
+            raw,
+            path,
+            key,
+            hooks,
+            variables,
+            conditions,
+            dynamic_values,
+            children,
+            activity,
+            preferred,
         )
+
+    def _preferred_citations(
+        self, raw: dict[str, Any], path: str, scope: set[str]
+    ) -> list[tuple[int, CompiledExpression]]:
+        preferred = []
+        for index, document in enumerate(raw.get("documentation", [])):
+            extensions = [
+                (number, extension)
+                for number, extension in enumerate(document.get("extension", []))
+                if extension.get("url") == PREFERRED_CITATION
+            ]
+            if not extensions:
+                continue
+            where = f"{path}.documentation[{index}]"
+            if len(extensions) > 1:
+                self._problem(where, "one cds-preferred-citation condition per entry")
+                continue
+            if document.get("type") != "citation":
+                # Only a citation can become the card's source: a preferred `documentation`
+                # entry would be moved first and change nothing the clinician sees.
+                self._problem(f"{where}.type", "a preferred entry must be of type citation")
+                continue
+            number, extension = extensions[0]
+            compiled = self._expression(
+                extension.get("valueExpression", {}),
+                f"{where}.extension[{number}].valueExpression",
+                scope,
+            )
+            if compiled is not None:
+                preferred.append((index, compiled))
+        return preferred
 
     def _check_action_shape(self, raw: dict[str, Any], path: str) -> None:
         action_id = raw.get("id")

@@ -13,6 +13,9 @@ from service.engine.retrieve import Retrieve
 
 VARIABLE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/variable"
 APPLICABILITY_BEHAVIOR = "http://hl7.org/fhir/StructureDefinition/cqf-applicabilityBehavior"
+# On an action's `documentation` entry (a citation): a FHIRPath condition; the entries whose
+# condition is true go first (so the card's source is, e.g., the active profile's guideline).
+PREFERRED_CITATION = "https://fhir.rpl-cds.org/StructureDefinition/cds-preferred-citation"
 # One step of a dynamicValue path: an element name, optionally indexed (`note[0]`).
 PATH_STEP = re.compile(r"^([A-Za-z][A-Za-z0-9]*)(?:\[(\d+)\])?$")
 # dynamicValue paths that set the RequestGroup action itself; any other path sets the resource
@@ -63,6 +66,8 @@ class Action:
     dynamic_values: list[DynamicValue]
     children: list[Action]
     activity: Activity | None
+    # (index in `documentation`, condition): entries put first when their condition is true.
+    preferred_citations: list[tuple[int, CompiledExpression]] = field(default_factory=list)
 
 
 @dataclass

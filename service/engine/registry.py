@@ -3,7 +3,6 @@ validated against the R4B models, and indexed by canonical url (and `url|version
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ from pydantic import ValidationError
 
 from service.engine.knowledge_cache import KnowledgeCache
 from service.engine.problems import Problem
+from service.engine.strict_json import read_json
 
 UNIT_TABLE_SUFFIX = ".units.json"
 KNOWLEDGE_TYPES = frozenset(
@@ -42,8 +42,8 @@ def read_documents(
             if file.name.endswith(UNIT_TABLE_SUFFIX):
                 continue  # unit tables are read by units.UnitTable
             try:
-                document = json.loads(file.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+                document = read_json(file)
+            except (OSError, UnicodeDecodeError, ValueError) as error:
                 problems.append(Problem(file, "-", f"not readable JSON: {error}"))
                 continue
             yield from _resources_in(file, document, problems)

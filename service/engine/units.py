@@ -42,7 +42,6 @@ exactly, so a display like `mg per dL` simply is not known). A Quantity whose
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from service.engine.problems import Problem
+from service.engine.strict_json import read_json
 
 UCUM = "http://unitsofmeasure.org"
 UNIT_TABLE_SUFFIX = ".units.json"
@@ -91,8 +91,8 @@ class UnitTable:
                 continue
             for file in sorted(directory.rglob(f"*{UNIT_TABLE_SUFFIX}")):
                 try:
-                    documents.append((file, json.loads(file.read_text(encoding="utf-8"))))
-                except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+                    documents.append((file, read_json(file)))
+                except (OSError, UnicodeDecodeError, ValueError) as error:
                     problems.append(Problem(file, "-", f"not readable JSON: {error}"))
         table = cls.from_documents(documents)
         return cls(table._conversions, table.units, (*problems, *table.problems), table._spellings)

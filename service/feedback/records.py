@@ -16,6 +16,10 @@ class IssuedCard:
     topic_system: str
     hook_instance: str
     issued_at: datetime
+    # For services that suppress repeated cards: the keyed hash of the patient (never the id) and
+    # the digest of the record facts the card was computed from (feedback/suppression.py).
+    patient_key: str | None = None
+    facts: str | None = None
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,19 @@ class FeedbackEntry:
     override_reason_code: str | None = None
     override_reason_display: str | None = None
     user_comment: str | None = None
+
+
+@dataclass(frozen=True)
+class CardDecision:
+    """A clinician's latest decision on one earlier card of a patient (for repeat suppression)."""
+
+    topic_code: str
+    outcome: str  # "accepted" | "overridden"
+    override_reason_system: str | None
+    override_reason_code: str | None
+    # The earlier of the clinician's outcome timestamp and when the service received it, so a
+    # client clock running ahead cannot stretch a suppression.
+    decided_at: datetime
 
 
 @dataclass

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.feedback.database import POSTGRES_CONNECT_TIMEOUT_SECONDS, create_engine
 from service.feedback.outage import DatabaseUnavailable, outage_reason
-from service.feedback.records import FeedbackEntry, IssuedCard, TopicSummary
+from service.feedback.records import CardDecision, FeedbackEntry, IssuedCard, TopicSummary
 from service.feedback.revision import current_revision, migrate_if_behind
 from service.feedback.tables import (
     KEY_LENGTH,
@@ -136,6 +136,8 @@ class FeedbackStore:
                 "topic_code": _key("topic code", card.topic_code),
                 "hook_instance": _key("hookInstance", card.hook_instance),
                 "issued_at": _aware("issued_at", card.issued_at),
+                "patient_key": _optional_key("patient key", card.patient_key),
+                "facts": _optional_key("facts", card.facts),
             }
             for card in cards
         ]
@@ -228,6 +230,47 @@ class FeedbackStore:
                 }
         return [summaries[code] for code in sorted(summaries)]
 
+    async def card_decisions(
+        self,
+        patient_keys: Sequence[str],
+        service_id: str,
+        facts: str,
+        since: datetime,
+    ) -> list[CardDecision]:
+        """The latest decision (feedback) on each card issued by `service_id` for a patient
+        under any of `patient_keys` from the same `facts`, decided at or after `since`."""
+        if not patient_keys:
+            return []
+        query = (
+            sa.select(
+                feedback.c.card_uuid,
+                issued_cards.c.topic_code,
+                feedback.c.outcome,
+                feedback.c.override_reason_system,
+                feedback.c.override_reason_code,
+                feedback.c.outcome_timestamp,
+                feedback.c.received_at,
+            )
+            .select_from(feedback.join(issued_cards, issued_cards.c.uuid == feedback.c.card_uuid))
+            .where(
+                issued_cards.c.patient_key.in_(list(patient_keys)),
+                issued_cards.c.service_id == service_id,
+                issued_cards.c.facts == facts,
+                feedback.c.outcome_timestamp >= since,
+                feedback.c.received_at >= since,
+            )
+        )
+        latest: dict[str, CardDecision] = {}
+        async with self._unavailable_on_outage(), self._engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        for uuid, topic, outcome, system, code, decided, received in rows:
+            decision = CardDecision(topic, outcome, system, code, min(decided, received))
+            # Feedback may repeat or change its mind; the clinician's newest word counts.
+            previous = latest.get(uuid)
+            if previous is None or decision.decided_at >= previous.decided_at:
+                latest[uuid] = decision
+        return list(latest.values())
+
     async def remember_jti(self, issuer: str, jti: str, expires_at: datetime) -> bool:
         """ReplayCache: True the first time (issuer, jti) is seen or after its previous use has
         expired; False for a replay within the lifetime, in this or any other worker process."""
@@ -316,6 +359,10 @@ def _key(name: str, value: str) -> str:
     if len(value) > KEY_LENGTH:
         raise ValueError(f"{name} is longer than {KEY_LENGTH} characters")
     return value
+
+
+def _optional_key(name: str, value: str | None) -> str | None:
+    return None if value is None else _key(name, value)
 
 
 def _aware(name: str, value: datetime) -> datetime:

@@ -2,7 +2,9 @@
 
 The migrations in `migrations/versions/` create these tables in a database; the definitions here are
 what the store queries with and what Alembic compares against (a test checks they do not drift).
-Nothing here holds a patient identifier or card content.
+Nothing here holds a patient identifier or card content. `issued_cards.patient_key` is a keyed
+hash (HMAC-SHA256 with the operator's secret) of the EHR's patient id, kept only for services that
+suppress repeated cards: without the secret it cannot be traced back to a patient.
 """
 
 from __future__ import annotations
@@ -71,9 +73,15 @@ issued_cards = sa.Table(
     sa.Column("topic_code", sa.String(KEY_LENGTH), nullable=False),
     sa.Column("hook_instance", sa.String(KEY_LENGTH), nullable=False),
     sa.Column("issued_at", UTCDateTime(), nullable=False),
+    # For repeat suppression (feedback/suppression.py), else null: the keyed hash of the patient,
+    # and a digest of the record facts the card was computed from.
+    sa.Column("patient_key", sa.String(KEY_LENGTH), nullable=True),
+    sa.Column("facts", sa.String(KEY_LENGTH), nullable=True),
     # The summary groups by topic, either over all services or within one.
     sa.Index(None, "topic_code"),
     sa.Index(None, "service_id", "topic_code"),
+    # Each patient-view of a suppressing service looks up the patient's earlier cards.
+    sa.Index(None, "patient_key", "service_id"),
 )
 
 feedback = sa.Table(

@@ -41,6 +41,12 @@ class Metrics:
             ["service", "topic"],
             registry=self.registry,
         )
+        self.cards_suppressed = Counter(
+            "rpl_cds_cards_suppressed",
+            "Cards left out because the clinician had dealt with them for the patient",
+            ["service", "topic"],
+            registry=self.registry,
+        )
         self.issued_dropped = Counter(
             "rpl_cds_issued_card_records_dropped",
             "Issued cards not recorded for analytics (the database was unavailable too long)",

@@ -3,6 +3,7 @@ definition, and the CDS Hooks response rules as assertions."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -10,6 +11,8 @@ import httpx
 from support.patients import Scenario
 
 WORKUP = "/cds-services/rpl-workup"
+# Requests that existing CDS Hooks services accept (beside the project in the workspace).
+PEERS = Path(__file__).resolve().parents[3] / "shared" / "peer-requests"
 ORDER_SIGN = "/cds-services/rpl-order-safety-order-sign"
 
 
