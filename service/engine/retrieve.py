@@ -69,6 +69,7 @@ class RetrieveIndex:
                 if element is None:
                     continue
                 codings = element.get("coding") if type(element) is dict else None
+                codes: list[tuple[Any, Any]]
                 if type(codings) is list:  # a CodeableConcept: the common shape, read inline
                     codes = [(c.get("system"), c.get("code")) for c in codings if type(c) is dict]
                 else:
