@@ -716,4 +716,6 @@ def _nullable(value: Any) -> bool:
 
 def _extension_stand_in(item: Any) -> bool:
     """fhirpathpy's stand-in for a primitive's extension (`_effectiveDateTime`) is not a value."""
+    if type(item) is dict:  # the request's own objects: no list of every resource's keys
+        return len(item) == 1 and "extension" in item
     return isinstance(item, Mapping) and list(item) == ["extension"]

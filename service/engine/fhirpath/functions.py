@@ -310,7 +310,12 @@ def _present(inputs: Sequence[Any]) -> list[Any]:
     return [
         item
         for item in inputs
-        if not (isinstance(item, Mapping) and item and set(item) <= {"id", "extension"})
+        if not (
+            (type(item) is dict or isinstance(item, Mapping))
+            # A resource's keys are not collected into a set to learn that it has more than two.
+            and 0 < len(item) <= 2
+            and set(item) <= {"id", "extension"}
+        )
     ]
 
 
