@@ -69,20 +69,38 @@ class RetrieveIndex:
                 if element is None:
                     continue
                 codings = element.get("coding") if type(element) is dict else None
-                codes: list[tuple[Any, Any]]
-                if type(codings) is list:  # a CodeableConcept: the common shape, read inline
-                    codes = [(c.get("system"), c.get("code")) for c in codings if type(c) is dict]
-                else:
-                    codes = _codes(element)
-                for code in codes:
-                    if type(code[0]) is not str or type(code[1]) is not str:
+                if type(codings) is not list:
+                    self._add_other(_codes(element), feeds, bound, resource)
+                    continue
+                # A CodeableConcept: the common shape, read inline (thousands per call).
+                for coding in codings:
+                    if type(coding) is not dict:
+                        continue
+                    system, code = coding.get("system"), coding.get("code")
+                    if type(system) is not str or type(code) is not str:
                         continue  # no code, or not one a ValueSet can hold (nor hash)
-                    for name in feeds.get(code, ()):
+                    for name in feeds.get((system, code), ()):
                         selected = bound[name]
                         # A resource with two codes of one ValueSet is selected once.
                         if not selected or selected[-1] is not resource:
                             selected.append(resource)
         return bound
+
+    @staticmethod
+    def _add_other(
+        codes: list[Code],
+        feeds: Mapping[Code, tuple[str, ...]],
+        bound: dict[str, list[dict[str, Any]]],
+        resource: dict[str, Any],
+    ) -> None:
+        """A code element of another shape (a Coding, a list of concepts)."""
+        for code in codes:
+            if type(code[0]) is not str or type(code[1]) is not str:
+                continue
+            for name in feeds.get(code, ()):
+                selected = bound[name]
+                if not selected or selected[-1] is not resource:
+                    selected.append(resource)
 
 
 def _codes(element: Any) -> list[Code]:
