@@ -34,6 +34,7 @@ from service.ops.middleware import CallObserver
 from service.ops.routes import OPERATIONS_PATHS
 from service.ops.routes import router as ops_router
 from service.ops.serving_process import tune_for_serving
+from service.ops.timing import TotalTiming
 from service.runtime import Runtime
 from service.settings import Settings, data_root
 
@@ -156,6 +157,9 @@ def create_app(
             max_age=600,
         )
     app.add_middleware(CallObserver, metrics=metrics)
+    if settings.server_timing:
+        # Outermost, so that its `total` holds everything the service does for a request.
+        app.add_middleware(TotalTiming)
     return app
 
 

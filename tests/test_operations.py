@@ -124,7 +124,7 @@ async def test_server_timing_only_when_enabled(client: httpx.AsyncClient, make_c
         response = await timed.post(WORKUP, json=request)
     phases = timing_phases(response)
     # Full prefetch: nothing to fetch, so no prefetch phase; each phase took some time.
-    assert set(phases) == {"record", "apply", "encode"}
+    assert set(phases) == {"record", "apply", "encode", "total"}
     assert all(duration >= 0 for duration in phases.values())
 
 
@@ -145,7 +145,34 @@ async def test_server_timing_names_fetching_and_auth(make_client: Any, tmp_path:
         token = mint(key, iss="https://ehr.example", aud=f"http://cds.test{WORKUP}")
         response = await timed.post(WORKUP, json=request, headers={"authorization": bearer(token)})
     assert response.status_code == 200
-    assert set(timing_phases(response)) == {"auth", "record", "prefetch", "apply", "encode"}
+    assert set(timing_phases(response)) == {
+        "auth",
+        "record",
+        "prefetch",
+        "apply",
+        "encode",
+        "total",
+    }
+
+
+def test_server_timing_total_holds_every_phase_over_http(tmp_path: Path) -> None:
+    """On a real socket: `total` spans the whole request, so it is never less than the named
+    phases together (what it has beyond them is what they do not measure); other answers than
+    hook calls carry `total` alone."""
+    request = workup_request(two_losses())
+    del request["prefetch"]["conditions"]
+    request["fhirServer"] = "http://127.0.0.1:9/fhir"  # nothing listens: fetched, and fails
+    settings = Settings(data_dir=tmp_path, server_timing=True, fhir_allow_http=True)
+    with live_server(settings) as base_url, httpx.Client(base_url=base_url) as http:
+        called = http.post(WORKUP, json=request)
+        discovered = http.get("/cds-services")
+    assert called.status_code == 200
+    phases = timing_phases(called)
+    assert set(phases) == {"record", "prefetch", "apply", "encode", "total"}
+    named = sum(duration for name, duration in phases.items() if name != "total")
+    # Each figure is rounded to 1 us in the header.
+    assert phases["total"] >= named - 0.001 * len(phases)
+    assert set(timing_phases(discovered)) == {"total"}
 
 
 def test_an_unexpected_error_is_a_500_logged_once_on_a_connection_kept_open(
