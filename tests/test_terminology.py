@@ -113,7 +113,7 @@ def test_include_with_system_and_value_set_is_their_intersection() -> None:
             ),
         }
     )
-    assert terminology.members(f"{EX}/i") == {(LOINC, "4548-4")}
+    assert terminology.members(f"{EX}/i") == frozenset({(LOINC, "4548-4")})
 
 
 @pytest.mark.parametrize(
