@@ -63,7 +63,9 @@ class Figures:
     left: Counter[str] = field(default_factory=Counter)
 
     def row(self) -> str:
-        per = (lambda n: f"{n / self.openings:.2f}") if self.openings else (lambda n: "-")
+        def per(n: int) -> str:
+            return f"{n / self.openings:.2f}" if self.openings else "-"
+
         return (
             f"| {self.profile} | {self.openings} | {self.first} ({per(self.first)}) "
             f"| {self.second} ({per(self.second)}) |"

@@ -20,6 +20,7 @@ from service.engine.plan import (
     VARIABLE_EXTENSION,
     Action,
     Plan,
+    first_match_only,
 )
 from service.engine.problems import KnowledgeError, Problem
 from service.engine.registry import UNIT_TABLE_SUFFIX, read_documents
@@ -53,6 +54,7 @@ __all__ = [
     "apply_plan",
     "default_value",
     "filter_codes",
+    "first_match_only",
     "load_knowledge",
     "read_documents",
 ]
