@@ -25,6 +25,7 @@ from service.feedback.issued_writer import IssuedCardWriter
 from service.feedback.outage import RETRY_AFTER_SECONDS, DatabaseUnavailable, outage_reason
 from service.feedback.store import FeedbackStore
 from service.feedback.suppression import Suppression, suppressing_reasons
+from service.fhir.cookies import cookieless_jar
 from service.fhir.egress import CheckedBackend, EgressPolicy, checked_transport
 from service.fhir.fetch import FhirFetcher
 from service.fhirops.routes import router as fhirops_router
@@ -72,6 +73,7 @@ def create_app(
             timeout=httpx.Timeout(settings.fhir_time_budget_seconds),
             limits=_HTTP_LIMITS,
             follow_redirects=False,
+            cookies=cookieless_jar(),
         )
         policy = EgressPolicy.from_entries(settings.fhir_allowed_hosts, settings.fhir_allow_http)
         # For the servers that calls name: only the hosts and addresses the policy allows.
@@ -80,6 +82,7 @@ def create_app(
             timeout=httpx.Timeout(settings.fhir_time_budget_seconds),
             follow_redirects=False,
             trust_env=False,
+            cookies=cookieless_jar(),
         )
         authenticator = None
         if settings.auth_enabled:
