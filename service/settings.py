@@ -246,6 +246,14 @@ class Settings(BaseSettings):
             return dict(self.parameters)
         return {**self.parameters, "guideline": self.guideline}
 
+    def parameter_setting(self, parameter: str) -> str:
+        """The setting that gave the knowledge's `parameter` its value, to name in an error."""
+        return (
+            "RPL_CDS_GUIDELINE"
+            if parameter == "guideline" and self.guideline
+            else ("RPL_CDS_PARAMETERS")
+        )
+
     @property
     def cache_dir(self) -> Path:
         """What loading the knowledge computed, kept between starts (engine/knowledge_cache.py)."""

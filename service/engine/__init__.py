@@ -22,7 +22,7 @@ from service.engine.plan import (
     Plan,
     first_match_only,
 )
-from service.engine.problems import KnowledgeError, Problem
+from service.engine.problems import KnowledgeError, ParameterValueProblem, Problem
 from service.engine.registry import UNIT_TABLE_SUFFIX, read_documents
 from service.engine.terminology import (
     TEXT_PATTERN_EXTENSION,
@@ -44,6 +44,7 @@ __all__ = [
     "Knowledge",
     "KnowledgeCache",
     "KnowledgeError",
+    "ParameterValueProblem",
     "Plan",
     "Problem",
     "Result",
