@@ -51,9 +51,12 @@ def create_app(
     *,
     clock: Callable[[], datetime] | None = None,
 ) -> FastAPI:
-    """`catalogue`: knowledge already loaded from `settings`' directories, served as it is.
-    `clock`: the time repeat suppression counts its days by (tests move it)."""
+    """`catalogue`: knowledge already loaded from `settings`' directories with their parameter
+    values, served as it is. `clock`: the time repeat suppression counts its days by (tests move
+    it)."""
     settings = settings or Settings()
+    if catalogue is not None:
+        _check_compiled_for(catalogue, settings)
     metrics = Metrics()
     # httpx logs every request URL at INFO, and a FHIR query URL carries the patient id.
     for chatty in ("httpx", "httpcore"):
@@ -202,6 +205,22 @@ def serving(app: FastAPI) -> FastAPI:
     """`app`, with this process tuned to serve it until it exits."""
     tune_for_serving()
     return app
+
+
+def _check_compiled_for(catalogue: Catalogue, settings: Settings) -> None:
+    """Parameters (the guideline profile among them) are compiled into the plans: a catalogue
+    loaded with other values would serve another profile than the settings say, silently."""
+    compiled = catalogue.parameters()
+    differing = sorted(
+        name
+        for name, value in settings.knowledge_parameters.items()
+        if name in compiled and compiled[name] != value
+    )
+    if differing:
+        raise ValueError(
+            f"the catalogue was loaded with other values of {differing} than the settings give; "
+            "load it with settings.knowledge_parameters"
+        )
 
 
 def _load_catalogue(settings: Settings) -> Catalogue:
