@@ -63,7 +63,9 @@ class Figures:
     left: Counter[str] = field(default_factory=Counter)
 
     def row(self) -> str:
-        per = (lambda n: f"{n / self.openings:.2f}") if self.openings else (lambda n: "-")
+        def per(n: int) -> str:
+            return f"{n / self.openings:.2f}" if self.openings else "-"
+
         return (
             f"| {self.profile} | {self.openings} | {self.first} ({per(self.first)}) "
             f"| {self.second} ({per(self.second)}) |"
@@ -73,14 +75,15 @@ class Figures:
 async def measure(
     profile: str, scenarios: Path, today: date, data_dir: Path, share: float
 ) -> Figures:
-    catalogue = load_catalogue(bundled_knowledge_dirs())
-    reasons = suppressing_reasons(catalogue.knowledge)
     settings = Settings(
         guideline=profile,
         data_dir=data_dir / profile,
         patient_key_secret=BENCH_SECRET,
         suppression_lookup_timeout_seconds=LOOKUP_TIMEOUT_SECONDS,
     )
+    # The profile is a parameter compiled into the plans: load the knowledge with it.
+    catalogue = load_catalogue(bundled_knowledge_dirs(), settings.knowledge_parameters)
+    reasons = suppressing_reasons(catalogue.knowledge)
     figures = Figures(profile)
     async with running(create_app(settings, catalogue)) as client:
         services = (await client.get("/cds-services")).json()["services"]

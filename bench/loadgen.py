@@ -3,7 +3,8 @@
 N connections each send the same pre-built request, wait for the whole answer and send again,
 for a warm-up and then a fixed duration. Requests that complete inside the measured window count:
 requests per second, latency p50/p99, statuses, and the `Server-Timing` phases the server
-reports (per-phase p50; record + apply + encode per request, its p50 and p99). It runs in its
+reports (per-phase p50; record + apply + encode per request, its p50 and p99; `total` p50 and
+p99, and per request `total` less every named phase: the time no phase measures). It runs in its
 own process, so that it does not share an event loop (or a core's time slice) with a server.
 
     python -m bench.loadgen --port 8080 --path /cds-services/rpl-workup --body body.json \
@@ -182,6 +183,12 @@ def summarise(samples: Samples, duration: float) -> dict[str, Any]:
     parsed = [parse_timing(t) for t in samples.timings]
     names = sorted({name for phases in parsed for name in phases})
     server = [sum(p.get(name, 0.0) for name in SERVER_PHASES) for p in parsed]
+    totals = [p["total"] for p in parsed if "total" in p]
+    unmeasured = [
+        p["total"] - sum(ms for name, ms in p.items() if name != "total")
+        for p in parsed
+        if "total" in p
+    ]
     ok = samples.statuses.get(200, 0)
     return {
         "requests": sum(samples.statuses.values()),
@@ -197,6 +204,10 @@ def summarise(samples: Samples, duration: float) -> dict[str, Any]:
         },
         "server_p50_ms": percentile(server, 0.50),
         "server_p99_ms": percentile(server, 0.99),
+        "total_p50_ms": percentile(totals, 0.50),
+        "total_p99_ms": percentile(totals, 0.99),
+        "unmeasured_p50_ms": percentile(unmeasured, 0.50),
+        "unmeasured_p99_ms": percentile(unmeasured, 0.99),
         "timed_requests": len(parsed),
     }
 

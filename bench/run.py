@@ -265,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["machine"]["loadavg_at_end"] = os.getloadavg()[0]
     results["machine"]["python_loop_seconds_at_end"] = python_speed()
     results["targets"] = report.targets(results)
+    results["previous_targets"] = report.previous_targets(results)
     markdown = report.render(results)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "latest.json").write_text(json.dumps(results, indent=2) + "\n")

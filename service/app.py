@@ -25,6 +25,7 @@ from service.feedback.issued_writer import IssuedCardWriter
 from service.feedback.outage import RETRY_AFTER_SECONDS, DatabaseUnavailable, outage_reason
 from service.feedback.store import FeedbackStore
 from service.feedback.suppression import Suppression, suppressing_reasons
+from service.fhir.cookies import cookieless_jar
 from service.fhir.egress import CheckedBackend, EgressPolicy, checked_transport
 from service.fhir.fetch import FhirFetcher
 from service.fhirops.routes import router as fhirops_router
@@ -34,6 +35,7 @@ from service.ops.middleware import CallObserver
 from service.ops.routes import OPERATIONS_PATHS
 from service.ops.routes import router as ops_router
 from service.ops.serving_process import tune_for_serving
+from service.ops.timing import TotalTiming
 from service.runtime import Runtime
 from service.settings import Settings, data_root
 
@@ -49,9 +51,12 @@ def create_app(
     *,
     clock: Callable[[], datetime] | None = None,
 ) -> FastAPI:
-    """`catalogue`: knowledge already loaded from `settings`' directories, served as it is.
-    `clock`: the time repeat suppression counts its days by (tests move it)."""
+    """`catalogue`: knowledge already loaded from `settings`' directories with their parameter
+    values, served as it is. `clock`: the time repeat suppression counts its days by (tests move
+    it)."""
     settings = settings or Settings()
+    if catalogue is not None:
+        _check_compiled_for(catalogue, settings)
     metrics = Metrics()
     # httpx logs every request URL at INFO, and a FHIR query URL carries the patient id.
     for chatty in ("httpx", "httpcore"):
@@ -71,6 +76,7 @@ def create_app(
             timeout=httpx.Timeout(settings.fhir_time_budget_seconds),
             limits=_HTTP_LIMITS,
             follow_redirects=False,
+            cookies=cookieless_jar(),
         )
         policy = EgressPolicy.from_entries(settings.fhir_allowed_hosts, settings.fhir_allow_http)
         # For the servers that calls name: only the hosts and addresses the policy allows.
@@ -79,6 +85,7 @@ def create_app(
             timeout=httpx.Timeout(settings.fhir_time_budget_seconds),
             follow_redirects=False,
             trust_env=False,
+            cookies=cookieless_jar(),
         )
         authenticator = None
         if settings.auth_enabled:
@@ -156,6 +163,9 @@ def create_app(
             max_age=600,
         )
     app.add_middleware(CallObserver, metrics=metrics)
+    if settings.server_timing:
+        # Outermost, so that its `total` holds everything the service does for a request.
+        app.add_middleware(TotalTiming)
     return app
 
 
@@ -195,6 +205,22 @@ def serving(app: FastAPI) -> FastAPI:
     """`app`, with this process tuned to serve it until it exits."""
     tune_for_serving()
     return app
+
+
+def _check_compiled_for(catalogue: Catalogue, settings: Settings) -> None:
+    """Parameters (the guideline profile among them) are compiled into the plans: a catalogue
+    loaded with other values would serve another profile than the settings say, silently."""
+    compiled = catalogue.parameters()
+    differing = sorted(
+        name
+        for name, value in settings.knowledge_parameters.items()
+        if name in compiled and compiled[name] != value
+    )
+    if differing:
+        raise ValueError(
+            f"the catalogue was loaded with other values of {differing} than the settings give; "
+            "load it with settings.knowledge_parameters"
+        )
 
 
 def _load_catalogue(settings: Settings) -> Catalogue:

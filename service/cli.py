@@ -9,15 +9,15 @@ import difflib
 import os
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from service.cdshooks.catalogue import Catalogue, load_catalogue
-from service.engine import KnowledgeCache, KnowledgeError
+from service.engine import KnowledgeCache, KnowledgeError, ParameterValueProblem
 from service.settings import Settings, bundled_knowledge_dirs, data_root
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("rpl-cds: invalid settings:", *_setting_problems(error), sep="\n  ", file=sys.stderr)
         return 2
     if args.command == "validate":
-        return _validate(args.dirs or settings.all_knowledge_dirs, settings.knowledge_parameters)
+        return _validate(args.dirs or settings.all_knowledge_dirs, settings)
     if args.command == "migrate":
         return _migrate(settings)
     return _serve(settings, args.host, args.port, args.workers)
@@ -147,10 +147,10 @@ async def _load_scenarios(
     return 0
 
 
-def _validate(dirs: Sequence[Path], parameters: Mapping[str, Any]) -> int:
-    catalogue = _load_reporting(dirs, parameters, None)
-    if catalogue is None:
-        return 1
+def _validate(dirs: Sequence[Path], settings: Settings) -> int:
+    catalogue = _load_reporting(dirs, settings, None)
+    if isinstance(catalogue, int):
+        return catalogue
     for service in catalogue.services.values():
         print(f"ok: service {service.id} ({service.hook}) from {service.plan.file}")
     print(f"{len(catalogue.services)} service(s), no problems")
@@ -158,16 +158,27 @@ def _validate(dirs: Sequence[Path], parameters: Mapping[str, Any]) -> int:
 
 
 def _load_reporting(
-    dirs: Sequence[Path], parameters: Mapping[str, Any], cache: KnowledgeCache | None
-) -> Catalogue | None:
-    """The catalogue, or None after printing every problem found."""
+    dirs: Sequence[Path], settings: Settings, cache: KnowledgeCache | None
+) -> Catalogue | int:
+    """The catalogue, or the exit code after printing every problem found: 2 when the only
+    problems are values the settings gave the knowledge's parameters (named by the setting to
+    fix, as other invalid settings are), else 1."""
     try:
-        return load_catalogue(dirs, parameters, cache)
+        return load_catalogue(dirs, settings.knowledge_parameters, cache)
     except KnowledgeError as error:
-        for problem in error.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        print(f"{len(error.problems)} problem(s) found", file=sys.stderr)
-        return None
+        problems = error.problems
+    if all(isinstance(problem, ParameterValueProblem) for problem in problems):
+        lines = {
+            f"{settings.parameter_setting(problem.parameter)}: {problem.reason}"
+            for problem in problems
+            if isinstance(problem, ParameterValueProblem)
+        }
+        print("rpl-cds: invalid settings:", *sorted(lines), sep="\n  ", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    print(f"{len(problems)} problem(s) found", file=sys.stderr)
+    return 1
 
 
 def _render_clinical_logic(dirs: Sequence[Path], output: Path | None, *, check: bool) -> int:
@@ -238,9 +249,9 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
     # Fail here, with the full report, rather than once per worker; the workers then find the
     # knowledge cached.
     cache = KnowledgeCache.open(settings.cache_dir)
-    catalogue = _load_reporting(settings.all_knowledge_dirs, settings.knowledge_parameters, cache)
-    if catalogue is None:
-        return 1
+    catalogue = _load_reporting(settings.all_knowledge_dirs, settings, cache)
+    if isinstance(catalogue, int):
+        return catalogue
     cache.save()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if workers > 1:

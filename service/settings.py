@@ -141,8 +141,9 @@ class Settings(BaseSettings):
     fhir_max_resources: int = Field(default=5000, ge=1)
     fhir_max_response_bytes: int = Field(default=20_000_000, ge=1000)
     return_trace: bool = False
-    # A Server-Timing header on hook responses (auth, prefetch, record, apply, encode), for the
-    # benchmark and for operators; off by default (it tells callers about the internals).
+    # A Server-Timing header on hook responses (auth, prefetch, record, apply, encode) and a
+    # `total` on every response, for the benchmark and for operators; off by default (it tells
+    # callers about the internals).
     server_timing: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # After SIGTERM: how long requests in progress may take to finish before they are cut off.
@@ -244,6 +245,14 @@ class Settings(BaseSettings):
         if self.guideline is None:
             return dict(self.parameters)
         return {**self.parameters, "guideline": self.guideline}
+
+    def parameter_setting(self, parameter: str) -> str:
+        """The setting that gave the knowledge's `parameter` its value, to name in an error."""
+        return (
+            "RPL_CDS_GUIDELINE"
+            if parameter == "guideline" and self.guideline
+            else ("RPL_CDS_PARAMETERS")
+        )
 
     @property
     def cache_dir(self) -> Path:

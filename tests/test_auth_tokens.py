@@ -33,7 +33,8 @@ from support.jwt_tokens import (
     write_jwks,
 )
 
-from service.auth.authenticator import Authenticator, ClientIdentity
+from service.auth.authenticator import Authenticator
+from service.auth.identity import ClientIdentity
 from service.errors import ServiceError
 from service.settings import IssuerConfig, Settings
 

@@ -26,7 +26,7 @@ from fhir.resources.R4B.requestgroup import RequestGroup
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
 from service.cdshooks import cards, catalogue
-from service.engine import apply, compiler, registry, terminology
+from service.engine import compiler, registry, terminology
 from service.engine import plan as plan_model
 from service.engine.compiler import ENGINE_VARIABLES
 from service.engine.fhirpath.functions import SIGNATURES
@@ -152,7 +152,7 @@ def test_the_guide_documents_what_the_code_defines() -> None:
         cards.OVERRIDE_REASON_EXTENSION,
         cards.RECOMMENDED_EXTENSION,
         routes.TRACE_EXTENSION,
-        apply.APPLICABILITY_BEHAVIOR,
+        plan_model.APPLICABILITY_BEHAVIOR,
         catalogue.REPEAT_SUPPRESSION_EXTENSION,
         suppression.SUPPRESSES_REPEAT_PROPERTY,
     ):

@@ -152,7 +152,7 @@ async def all_rows(url: str) -> AsyncIterator[list[Any]]:
     store = await FeedbackStore.open(url)
     try:
         async with store.engine.connect() as connection:
-            rows = []
+            rows: list[Any] = []
             for table in metadata.sorted_tables:
                 rows.extend((await connection.execute(sa.select(table))).all())
         yield rows

@@ -184,7 +184,7 @@ async def apply(client: httpx.AsyncClient, plan: str, body: dict[str, Any]) -> d
     response = await client.post(f"/PlanDefinition/{plan}/$apply", json=body)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/fhir+json"
-    group = response.json()
+    group: dict[str, Any] = response.json()
     RequestGroup.model_validate(group)  # a valid R4 resource, not just a dict
     return group
 

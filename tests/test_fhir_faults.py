@@ -404,6 +404,31 @@ def first_loss_then(
     return Echo(lambda request, server: Json(searchset([first], make(request, server))))
 
 
+async def test_a_cookie_one_answer_sets_is_never_sent_on_another_call(
+    make_client: ClientFactory, fhir: FaultServer, note: Note
+) -> None:
+    # One client serves every patient and token: a session cookie set while answering for the
+    # first patient must not travel with the call for the second (nor with a later page).
+    first, second = two_losses(), two_losses()
+    for scenario in (first, second):
+        fhir.route(
+            PATIENT + scenario.patient_id,
+            Json(scenario.patient(), set_cookie=f"session={scenario.patient_id}; Path=/"),
+        )
+        fhir.route(
+            LOSSES + f"patient={scenario.patient_id}",
+            Json(_bundle_of(scenario), set_cookie="pin=node-7; Path=/"),
+        )
+    async with app(make_client) as client:
+        for scenario, token in ((first, TOKEN), (second, TOKEN + "-second")):
+            answer = await post(client, hook_call(scenario, fhir.base_url, token=token))
+            assert_in_time(answer, note)
+            assert answer.topics == {LIFESTYLE}
+    requests = fhir.requests_to(PATIENT) + fhir.requests_to(LOSSES)
+    assert len(requests) == 4
+    assert [r.cookie for r in requests] == [None] * 4
+
+
 async def test_two_pages_on_the_same_server_are_both_read(
     make_client: ClientFactory,
     fhir: FaultServer,

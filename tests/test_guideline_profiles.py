@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from service.app import create_app
 from service.authoring.synthetic import profiles
 from service.cdshooks.catalogue import load_catalogue
-from service.engine import KnowledgeError
-from service.settings import Settings, data_root
+from service.engine import KnowledgeError, ParameterValueProblem
+from service.settings import Settings, bundled_knowledge_dirs, data_root
 
 PROFILE_SET = "ValueSet-guideline-profile.json"
 
@@ -42,10 +43,15 @@ def test_the_bundled_profiles_come_from_the_knowledge() -> None:
 def test_a_profile_the_knowledge_does_not_list_stops_loading(tmp_path: Path) -> None:
     with pytest.raises(KnowledgeError) as raised:
         load_catalogue(site_copy(tmp_path), {"guideline": "nice"})
-    assert any(
-        "'guideline' must be one of ['asrm', 'eshre', 'rcog']" in str(p) and "'nice'" in str(p)
-        for p in raised.value.problems
-    )
+    # One problem per library declaring it, naming the setting's value: the expressions that
+    # read %guideline are not reported on top of it.
+    problems = raised.value.problems
+    assert problems
+    for problem in problems:
+        assert isinstance(problem, ParameterValueProblem), problem
+        assert problem.parameter == "guideline"
+        assert "'guideline' must be one of ['asrm', 'eshre', 'rcog']" in problem.reason
+        assert "'nice'" in problem.reason
 
 
 def test_a_site_adds_a_fourth_profile_as_knowledge(tmp_path: Path) -> None:
@@ -62,3 +68,12 @@ def test_rpl_cds_guideline_sets_the_parameter(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("RPL_CDS_GUIDELINE")
     assert Settings().knowledge_parameters == {"labLookbackDays": 100}
     assert load_catalogue(Settings().all_knowledge_dirs).parameters()["guideline"] == "eshre"
+
+
+def test_an_app_refuses_knowledge_compiled_for_another_profile(tmp_path: Path) -> None:
+    # The profile is compiled into the plans: serving an ESHRE-compiled catalogue under settings
+    # that say RCOG would give ESHRE's cards while claiming RCOG.
+    eshre = load_catalogue(bundled_knowledge_dirs(), {"guideline": "eshre"})
+    with pytest.raises(ValueError, match="guideline"):
+        create_app(Settings(guideline="rcog", data_dir=tmp_path), eshre)
+    create_app(Settings(guideline="eshre", data_dir=tmp_path), eshre)  # the same values: served

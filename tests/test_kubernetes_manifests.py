@@ -56,7 +56,8 @@ def test_every_kind_an_admin_needs_is_there() -> None:
 
 
 def _container(workload: dict[str, Any]) -> dict[str, Any]:
-    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    containers: list[dict[str, Any]] = workload["spec"]["template"]["spec"]["containers"]
+    (container,) = containers
     return container
 
 

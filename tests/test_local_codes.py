@@ -5,6 +5,7 @@ the LOINC test it maps to, in the prefetch templates and in the logic."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ def _patient(tmp_path: Path) -> Any:
     return load_scenarios(tmp_path)[0]
 
 
-async def _topics(make_client: Any, tmp_path: Path) -> tuple[set[str], dict[str, Any]]:
+async def _topics(make_client: Any, tmp_path: Path) -> tuple[set[str], Mapping[str, Any]]:
     spec = _patient(tmp_path)
     async with make_client(guideline="eshre") as client:
         services = (await client.get("/cds-services")).json()["services"]

@@ -548,6 +548,23 @@ async def test_worker_at_its_call_limit_is_503_with_retry_after(tmp_path: Path) 
     )
     release = threading.Event()
     refused: list[tuple[str, str, httpx.Response]] = []
+    calls: list[tuple[str, str, str, dict[str, Any] | None]] = [
+        ("GET", "/cds-services", "/cds-services", None),
+        ("POST", "/cds-services/{service_id}", f"/cds-services/{WORKUP}", {}),
+        (
+            "POST",
+            "/cds-services/{service_id}/feedback",
+            f"/cds-services/{WORKUP}/feedback",
+            {},
+        ),
+        ("GET", "/analytics/feedback", "/analytics/feedback", None),
+        (
+            "POST",
+            "/PlanDefinition/{plan_id}/$apply",
+            "/PlanDefinition/rpl-workup/$apply",
+            {},
+        ),
+    ]
     with FaultServer() as fhir:
         fhir.route("", Wait(release, Json(searchset([]))))
         held_call = {**patient_view_request(), "fhirServer": fhir.base_url}
@@ -560,23 +577,7 @@ async def test_worker_at_its_call_limit_is_503_with_retry_after(tmp_path: Path) 
                         break
                     await asyncio.sleep(0.01)
                 assert fhir.requests, "the held call never reached the FHIR server"
-                for method, path, url, body in [
-                    ("GET", "/cds-services", "/cds-services", None),
-                    ("POST", "/cds-services/{service_id}", f"/cds-services/{WORKUP}", {}),
-                    (
-                        "POST",
-                        "/cds-services/{service_id}/feedback",
-                        f"/cds-services/{WORKUP}/feedback",
-                        {},
-                    ),
-                    ("GET", "/analytics/feedback", "/analytics/feedback", None),
-                    (
-                        "POST",
-                        "/PlanDefinition/{plan_id}/$apply",
-                        "/PlanDefinition/rpl-workup/$apply",
-                        {},
-                    ),
-                ]:
+                for method, path, url, body in calls:
                     refused.append((method, path, await http.request(method, url, json=body)))
             finally:
                 release.set()

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from support.calls import WORKUP, assert_outcome, two_losses
 from support.live_server import live_server
+from support.logs import log_extra
 from support.patients import TWO_LOSSES_ESHRE, Scenario, workup_request
 
 from service.settings import Settings
@@ -75,14 +76,14 @@ async def test_no_identifier_token_or_content_in_logs(
     )
     for secret in (scenario.patient_id, secret_token, jwt_like, "2024-01-10", "Miscarriage"):
         assert secret not in logged
-    calls = [r for r in records if r.name == "rpl_cds.calls" and r.status == 200]
+    calls = [r for r in records if r.name == "rpl_cds.calls" and log_extra(r, "status") == 200]
     assert calls, "one line per call"
     call = calls[0]
-    assert call.hookInstance == body["hookInstance"]
+    assert log_extra(call, "hookInstance") == body["hookInstance"]
     assert (
-        call.service == "rpl-workup"
-        and call.cards == len(TWO_LOSSES_ESHRE)
-        and call.duration_ms >= 0
+        log_extra(call, "service") == "rpl-workup"
+        and log_extra(call, "cards") == len(TWO_LOSSES_ESHRE)
+        and log_extra(call, "duration_ms") >= 0
     )
 
 
@@ -124,7 +125,7 @@ async def test_server_timing_only_when_enabled(client: httpx.AsyncClient, make_c
         response = await timed.post(WORKUP, json=request)
     phases = timing_phases(response)
     # Full prefetch: nothing to fetch, so no prefetch phase; each phase took some time.
-    assert set(phases) == {"record", "apply", "encode"}
+    assert set(phases) == {"record", "apply", "encode", "total"}
     assert all(duration >= 0 for duration in phases.values())
 
 
@@ -145,7 +146,34 @@ async def test_server_timing_names_fetching_and_auth(make_client: Any, tmp_path:
         token = mint(key, iss="https://ehr.example", aud=f"http://cds.test{WORKUP}")
         response = await timed.post(WORKUP, json=request, headers={"authorization": bearer(token)})
     assert response.status_code == 200
-    assert set(timing_phases(response)) == {"auth", "record", "prefetch", "apply", "encode"}
+    assert set(timing_phases(response)) == {
+        "auth",
+        "record",
+        "prefetch",
+        "apply",
+        "encode",
+        "total",
+    }
+
+
+def test_server_timing_total_holds_every_phase_over_http(tmp_path: Path) -> None:
+    """On a real socket: `total` spans the whole request, so it is never less than the named
+    phases together (what it has beyond them is what they do not measure); other answers than
+    hook calls carry `total` alone."""
+    request = workup_request(two_losses())
+    del request["prefetch"]["conditions"]
+    request["fhirServer"] = "http://127.0.0.1:9/fhir"  # nothing listens: fetched, and fails
+    settings = Settings(data_dir=tmp_path, server_timing=True, fhir_allow_http=True)
+    with live_server(settings) as base_url, httpx.Client(base_url=base_url) as http:
+        called = http.post(WORKUP, json=request)
+        discovered = http.get("/cds-services")
+    assert called.status_code == 200
+    phases = timing_phases(called)
+    assert set(phases) == {"record", "prefetch", "apply", "encode", "total"}
+    named = sum(duration for name, duration in phases.items() if name != "total")
+    # Each figure is rounded to 1 us in the header.
+    assert phases["total"] >= named - 0.001 * len(phases)
+    assert set(timing_phases(discovered)) == {"total"}
 
 
 def test_an_unexpected_error_is_a_500_logged_once_on_a_connection_kept_open(

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from conftest import ClientFactory
 from support.fault_server import FaultServer, Json, outcome
+from support.logs import log_extra
 from support.patients import TWO_LOSSES_ESHRE, Scenario, topics, workup_request
 
 WORKUP = "/cds-services/rpl-workup"
@@ -142,7 +143,7 @@ def warnings_logged(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixtur
 
 def wrong_type_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     return [
-        {"key": r.key, "expected": r.expected, "received": r.received}
+        {name: log_extra(r, name) for name in ("key", "expected", "received")}
         for r in caplog.records
         if r.name == "rpl_cds.prefetch"
     ]

@@ -9,6 +9,13 @@ Everything here is generic: every sentence about a patient comes from the knowle
 none from this module, so it works for any guideline's PlanDefinitions. The output depends only on
 the knowledge (no dates, no absolute paths, resources sorted where the documents give no order), so
 a test can tell when the committed file is stale.
+
+What it says the logic does comes from the compiled model the engine runs (`service.engine`: which
+variables, conditions, dynamic values, parameters, retrieves, ActivityDefinitions and preferred
+citations an action has) and from the rules of the engine and the card encoder themselves
+(`first_match_only`, `service.cdshooks.cards`), never from a copy of them: a copy could describe a
+card the service does not send. The JSON is read only for what the model does not keep: titles,
+descriptions, documentation, displays.
 """
 
 from __future__ import annotations
@@ -20,27 +27,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.cdshooks.cards import OVERRIDE_REASON_EXTENSION, RECOMMENDED_EXTENSION
+from service.cdshooks import cards
 from service.cdshooks.catalogue import Catalogue, load_catalogue
 from service.engine import (
-    APPLICABILITY_BEHAVIOR,
-    PREFERRED_CITATION,
     TEXT_PATTERN_EXTENSION,
     TRANSLATING_EQUIVALENCES,
     TRANSLATING_RELATIONSHIPS,
     UNIT_TABLE_SUFFIX,
-    VARIABLE_EXTENSION,
     Action,
     Plan,
     default_value,
+    first_match_only,
 )
 from service.settings import data_root
 
 COMMAND = "rpl-cds render-clinical-logic"
 DEFAULT_OUTPUT = Path("docs") / "clinical-logic.md"
-# Card indicator per action priority (docs/knowledge-authoring.md, section 6).
-INDICATORS = {"routine": "info", "urgent": "warning", "asap": "warning", "stat": "critical"}
-_SINGLE_CHOICE = frozenset({"at-most-one", "exactly-one"})
 _LINE_BREAKS = re.compile(r"[ \t]*(?:\r\n|\r|\n)[ \t]*")
 
 Json = Mapping[str, Any]
@@ -133,57 +135,81 @@ def _concept(concept: Json) -> str:
     return shown or "(no code)"
 
 
-def _topic(action: Json) -> str | None:
-    """`code[0].coding[0].code`, the recommendation's topic."""
-    concepts = action.get("code") or [{}]
-    codings = concepts[0].get("coding") or [{}]
-    code = codings[0].get("code")
-    return str(code) if code else None
+def _topic(action: Action) -> str | None:
+    """The recommendation's topic code, as its card carries it."""
+    coding = cards.topic_coding(action.raw)
+    return str(coding["code"]) if coding else None
 
 
-def _variables(owner: Json) -> list[Json]:
-    return [
-        extension.get("valueExpression", {})
-        for extension in owner.get("extension", [])
-        if extension.get("url") == VARIABLE_EXTENSION
-    ]
+def _expressions(value: Any) -> Iterator[Json]:
+    """Every FHIR Expression (an `expression` with its `language`) inside a JSON value."""
+    if isinstance(value, Mapping):
+        if "language" in value and "expression" in value:
+            yield value
+        for item in value.values():
+            yield from _expressions(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _expressions(item)
 
 
-def _conditions(action: Json) -> list[Json]:
-    return [
-        condition.get("expression", {})
-        for condition in action.get("condition", [])
-        if condition.get("kind") == "applicability"
-    ]
+# The compiled model keeps expressions, not the prose their authors wrote beside them: these find
+# it, for a variable by its name (unique in its scope), for a condition by its text.
 
 
-def _described(expression: Json) -> str:
-    """`description: expression`, the way every condition and variable is shown."""
-    description = expression.get("description")
-    text = _code(expression.get("expression", ""))
-    return f"{_inline(description)}: {text}" if description else f"_(no description)_ {text}"
-
-
-def _dynamic(action: Json, *paths: str) -> list[Json]:
-    return [
-        dynamic.get("expression", {})
-        for dynamic in action.get("dynamicValue", [])
-        if str(dynamic.get("path", "")).removeprefix("action.") in paths
-    ]
-
-
-def _first_match(owner: Json) -> bool:
-    return any(
-        extension.get("url") == APPLICABILITY_BEHAVIOR and extension.get("valueCode") == "any"
-        for extension in owner.get("extension", [])
+def _variable_description(owner: Json, name: str) -> str | None:
+    return next(
+        (
+            e.get("description")
+            for e in _expressions(owner.get("extension", []))
+            if e.get("name") == name
+        ),
+        None,
     )
 
 
-def _action_type(action: Json) -> str:
-    for coding in (action.get("type") or {}).get("coding", []):
-        if coding.get("system") and coding.get("code"):
-            return str(coding["code"])
-    return "create"
+def _condition_description(action: Json, text: str) -> str | None:
+    return next(
+        (
+            e.get("description")
+            for e in _expressions(action.get("condition", []))
+            if e.get("expression") == text
+        ),
+        None,
+    )
+
+
+def _described(description: str | None, text: str) -> str:
+    """`description: expression`, the way every condition and variable is shown."""
+    shown = _code(text)
+    return f"{_inline(description)}: {shown}" if description else f"_(no description)_ {shown}"
+
+
+def _conditions(action: Action) -> list[str]:
+    return [
+        _described(_condition_description(action.raw, condition.text), condition.text)
+        for condition in action.conditions
+    ]
+
+
+def _action_variables(action: Action) -> list[tuple[str, str]]:
+    """(`%name`, its description and expression) for each of the action's own variables."""
+    return [
+        (
+            _code(f"%{variable.name}"),
+            _described(_variable_description(action.raw, variable.name), variable.expression.text),
+        )
+        for variable in action.variables
+    ]
+
+
+def _dynamic(action: Action, *paths: str) -> list[str]:
+    """The expressions of the dynamic values that set these paths of the action."""
+    return [
+        dynamic.expression.text
+        for dynamic in action.dynamic_values
+        if dynamic.path.removeprefix("action.") in paths
+    ]
 
 
 def _walk_concepts(concepts: Iterable[Json]) -> Iterator[Json]:
@@ -292,12 +318,12 @@ class _Document:
                 " ".join(
                     part
                     for part in (
-                        _code(_topic(action.raw)) if _topic(action.raw) else "",
+                        _code(_topic(action)) if _topic(action) else "",
                         _inline(action.raw.get("title") or "Recommendation"),
                     )
                     if part
                 ),
-                self.indicator(action.raw),
+                self.indicator(action),
                 ", ".join(self.hooks(plan, action)),
             )
             for plan in plans
@@ -308,10 +334,10 @@ class _Document:
         else:
             self.block("No PlanDefinitions are loaded.")
 
-    def indicator(self, action: Json) -> str:
+    def indicator(self, action: Action) -> str:
         if _dynamic(action, "priority"):
             return "set when the card fires"
-        return INDICATORS.get(str(action.get("priority", "routine")), "info")
+        return cards.indicator(action.raw)
 
     def hooks(self, plan: Plan, action: Action) -> list[str]:
         return sorted(action.hooks) or list(plan.hooks)
@@ -338,13 +364,13 @@ class _Document:
                 "whose `suppresses-repeat` property is true is not shown again to that patient "
                 "until the record changes or `RPL_CDS_SUPPRESSION_DAYS` pass."
             )
-        if _first_match(raw):
+        if first_match_only(raw):
             self.block(
                 "**Only the first recommendation that applies is shown**, in the order below "
                 "(`cqf-applicabilityBehavior` any)."
             )
-        self.plan_variables(raw)
-        self.parameters(raw)
+        self.plan_variables(plan)
+        self.parameters(plan)
         self.data(plan)
         for action in plan.actions:
             self.recommendation(plan, action)
@@ -360,9 +386,8 @@ class _Document:
             return "no service: the PlanDefinition is retired (it can still be run with `$apply`)"
         return "no service: no action has a named-event trigger (it can be run with `$apply`)"
 
-    def plan_variables(self, raw: Json) -> None:
-        variables = _variables(raw)
-        if not variables:
+    def plan_variables(self, plan: Plan) -> None:
+        if not plan.variables:
             return
         self.block("**Values computed for every call** (PlanDefinition variables, in this order):")
         self.block(
@@ -370,31 +395,30 @@ class _Document:
                 ("name", "meaning", "FHIRPath"),
                 (
                     (
-                        _code(f"%{variable.get('name', '')}"),
-                        _inline(variable.get("description", "")),
-                        _code(variable.get("expression", "")),
+                        _code(f"%{variable.name}"),
+                        _inline(_variable_description(plan.raw, variable.name) or ""),
+                        _code(variable.expression.text),
                     )
-                    for variable in variables
+                    for variable in plan.variables
                 ),
             )
         )
 
-    def parameters(self, raw: Json) -> None:
+    def parameters(self, plan: Plan) -> None:
         rows = []
-        for canonical in raw.get("library", []):
-            library = self.catalogue.knowledge.resolve(canonical) or {}
-            for definition in library.get("parameter", []):
-                if definition.get("use") != "in":
-                    continue
-                default = default_value(definition)
-                rows.append(
-                    (
-                        _code(f"%{definition.get('name', '')}"),
-                        str(definition.get("type", "")),
-                        _code(_value(default)) if default is not None else "none",
-                        _inline(definition.get("documentation", "")),
-                    )
+        for parameter in plan.parameters:
+            # The document shows the default the knowledge declares, not the value a deployment
+            # gave the parameter, so it reads the declaration (which also has the documentation).
+            definition = self.parameter_definition(plan, parameter.name)
+            default = default_value(definition)
+            rows.append(
+                (
+                    _code(f"%{parameter.name}"),
+                    parameter.type,
+                    _code(_value(default)) if default is not None else "none",
+                    _inline(definition.get("documentation", "")),
                 )
+            )
         if not rows:
             return
         self.block(
@@ -403,12 +427,29 @@ class _Document:
         )
         self.block(*_table(("name", "type", "default", "meaning"), rows))
 
+    def parameter_definition(self, plan: Plan, name: str) -> Json:
+        """The Library's declaration of the plan's parameter `name`."""
+        for canonical in plan.raw.get("library", []):
+            library = self.catalogue.knowledge.resolve(canonical) or {}
+            for definition in library.get("parameter", []):
+                if definition.get("name") == name and definition.get("use") == "in":
+                    return dict(definition)
+        return {}
+
     def data(self, plan: Plan) -> None:
         rows: list[tuple[str, str, str]] = []
+        retrieved = {retrieve.name for retrieve in plan.retrieves}
         for _, requirement in plan.data_requirements:
             resource_type = str(requirement.get("type", ""))
             name = requirement.get("id")
-            shown = "%patient" if resource_type == "Patient" else f"%{name}" if name else ""
+            # The patient is %patient to every expression; other requirements are bound by name.
+            shown = (
+                "%patient"
+                if resource_type == "Patient"
+                else f"%{name}"
+                if name in retrieved
+                else ""
+            )
             row = (
                 _code(shown) if shown else "(prefetch only)",
                 resource_type,
@@ -440,10 +481,10 @@ class _Document:
 
     def recommendation(self, plan: Plan, action: Action) -> None:
         raw = action.raw
-        topic = _topic(raw)
+        topic = _topic(action)
         title = _inline(raw.get("title") or "Recommendation")
         self.block(f"### {_code(topic)} {title}" if topic else f"### {title}")
-        facts = [f"**Card:** {self.indicator(raw)}"]
+        facts = [f"**Card:** {self.indicator(action)}"]
         if raw.get("priority"):
             facts[0] += f" (priority {raw['priority']})"
         hooks = sorted(action.hooks)
@@ -453,28 +494,25 @@ class _Document:
             facts.append(
                 f"**Hooks:** every hook of this PlanDefinition ({', '.join(plan.hooks) or 'none'})"
             )
-        concepts = raw.get("code") or [{}]
-        first = (concepts[0].get("coding") or [None])[0]
-        if first:
-            facts.append(f"**Topic:** {_coding(first)}")
+        topic_coding = cards.topic_coding(raw)
+        if topic_coding:
+            facts.append(f"**Topic:** {_coding(topic_coding)}")
         if raw.get("id"):
             facts.append(f"**Action id:** {_code(raw['id'])}")
         self.block(" · ".join(facts))
-        self.when(raw)
+        self.when(action)
         self.suggestions(action)
-        self.card_text(raw)
-        self.evidence(raw)
+        self.card_text(action)
+        self.evidence(action)
 
-    def when(self, raw: Json) -> None:
+    def when(self, action: Action) -> None:
         self.block("**When it fires** (every condition must be true):")
-        conditions = _conditions(raw)
-        self.block(*[f"- {_described(c)}" for c in conditions] or ["- always (no conditions)"])
-        variables = _variables(raw)
+        conditions = _conditions(action)
+        self.block(*[f"- {c}" for c in conditions] or ["- always (no conditions)"])
+        variables = _action_variables(action)
         if variables:
             self.block("Values defined for this recommendation (action variables, in this order):")
-            self.block(
-                *(f"- {_code('%' + str(v.get('name', '')))}: {_described(v)}" for v in variables)
-            )
+            self.block(*(f"- {name}: {described}" for name, described in variables))
 
     def suggestions(self, action: Action) -> None:
         self.block("**What it suggests:**")
@@ -485,9 +523,9 @@ class _Document:
         for child in action.children:
             lines.extend(self.suggestion(child, 0))
         self.block(*lines)
-        if action.raw.get("selectionBehavior") in _SINGLE_CHOICE:
+        if cards.selection_behavior(action.raw) == "at-most-one":
             self.block("The clinician can choose at most one of these.")
-        if _first_match(action.raw):
+        if first_match_only(action.raw):
             self.block("Only the first suggestion that applies is offered.")
 
     def suggestion(self, action: Action, depth: int) -> list[str]:
@@ -495,36 +533,31 @@ class _Document:
         indent = "  " * depth
         title = raw.get("title")
         line = f"{indent}- **{_inline(title)}**" if title else f"{indent}- _(untitled step)_"
-        if depth == 0 and not title:
+        if depth == 0 and not cards.becomes_suggestion(raw):
             line += " (not shown: a suggestion needs a title)"
-        for extension in raw.get("extension", []):
-            if extension.get("url") == RECOMMENDED_EXTENSION and extension.get("valueBoolean"):
-                line += " (recommended)"
+        if cards.is_recommended(raw):
+            line += " (recommended)"
         description = raw.get("description")
         if description and _inline(description) != _inline(title or ""):
             line += f": {_inline(description)}"
         details: list[str] = []
-        details.extend(f"only when: {_described(c)}" for c in _conditions(raw))
+        details.extend(f"only when: {condition}" for condition in _conditions(action))
         details.extend(
-            f"using {_code('%' + str(v.get('name', '')))}: {_described(v)}" for v in _variables(raw)
+            f"using {name}: {described}" for name, described in _action_variables(action)
         )
-        if _action_type(raw) == "remove":
-            targets = _dynamic(raw, "resource")
+        if cards.action_type(raw) == "remove":
+            targets = _dynamic(action, "resource")
             details.append(
-                "cancels the draft order"
-                + "".join(f" given by {_code(t.get('expression', ''))}" for t in targets)
+                "cancels the draft order" + "".join(f" given by {_code(t)}" for t in targets)
             )
-        if raw.get("definitionCanonical"):
-            details.extend(self.activity(str(raw["definitionCanonical"])))
+        if action.activity is not None:
+            details.extend(self.activity(str(raw["definitionCanonical"]), action.activity.raw))
         lines = [line, *(f"{indent}  - {detail}" for detail in details)]
         for child in action.children:
             lines.extend(self.suggestion(child, depth + 1))
         return lines
 
-    def activity(self, canonical: str) -> list[str]:
-        definition = self.catalogue.knowledge.resolve(canonical)
-        if definition is None:
-            return [f"creates a request from {_code(canonical)} (not loaded)"]
+    def activity(self, canonical: str, definition: Json) -> list[str]:
         name = definition.get("title") or definition.get("name")
         named = f" ({_inline(name)})" if name else ""
         lines = [
@@ -547,40 +580,31 @@ class _Document:
         )
         return lines
 
-    def card_text(self, raw: Json) -> None:
+    def card_text(self, action: Action) -> None:
         self.block("**Card text:**")
-        computed = [path for path in ("title", "description") if _dynamic(raw, path)]
+        computed = [path for path in ("title", "description") if _dynamic(action, path)]
         if computed:
             self.block(
                 f"The card's {' and '.join(computed)} {'is' if len(computed) == 1 else 'are'} "
                 "computed when it fires (dynamicValue); shown here as written."
             )
-        description = raw.get("description")
+        description = action.raw.get("description")
         self.block(*_quote(str(description)) if description else ["_No card text._"])
 
-    def evidence(self, raw: Json) -> None:
+    def evidence(self, action: Action) -> None:
         self.block("**Evidence and sources:**")
+        preferred = {index: condition.text for index, condition in action.preferred_citations}
         lines = []
-        for document in raw.get("documentation", []):
+        for index, document in enumerate(action.raw.get("documentation", [])):
             label = document.get("display") or document.get("label") or document.get("url")
             url = document.get("url")
             text = _link(str(label), str(url)) if url else _inline(label or "(no label)")
             kind = str(document.get("type", "documentation"))
-            first_when = [
-                extension.get("valueExpression", {}).get("expression")
-                for extension in document.get("extension", [])
-                if extension.get("url") == PREFERRED_CITATION
-            ]
-            if first_when:
-                kind += f"; the card's source when {_code(first_when[0])}"
+            if index in preferred:
+                kind += f"; the card's source when {_code(preferred[index])}"
             lines.append(f"- {text} ({kind})")
         self.block(*lines or ["- none listed"])
-        reasons = [
-            extension.get("valueCoding", {})
-            for extension in raw.get("extension", [])
-            if extension.get("url") == OVERRIDE_REASON_EXTENSION
-        ]
-        reasons = [coding for coding in reasons if coding.get("display")]
+        reasons = cards.override_reasons(action.raw)
         if reasons:
             self.block("Override reasons offered:")
             self.block(
@@ -663,16 +687,9 @@ class _Document:
         for concept_map, _ in self.resources("ConceptMap"):
             for group in concept_map.get("group", []):
                 for element in group.get("element", []):
-                    for target in element.get("target", []):
-                        used = (
-                            target.get("relationship") in TRANSLATING_RELATIONSHIPS
-                            if "relationship" in target
-                            else target.get("equivalence") in TRANSLATING_EQUIVALENCES
-                        )
-                        if used and target.get("code") and element.get("code"):
-                            key = (str(group.get("target")), str(target["code"]))
-                            source = (str(group.get("source")), str(element["code"]))
-                            translated.setdefault(key, set()).add(source)
+                    source = (str(group.get("source")), str(element.get("code")))
+                    for target in terminology.translate(*source):
+                        translated.setdefault(target, set()).add(source)
         rows = []
         for value_set, _ in value_sets:
             members = terminology.members(str(value_set.get("url", ""))) or frozenset()
@@ -729,10 +746,12 @@ class _Document:
             f"{', '.join(sorted(TRANSLATING_RELATIONSHIPS))}."
         )
         known = self.known_displays()
+        terminology = self.catalogue.knowledge.terminology
         for concept_map, file in concept_maps:
             self.heading_facts(concept_map, file)
             for group in concept_map.get("group", []):
                 target_system = str(group.get("target", ""))
+                source_system = str(group.get("source", ""))
                 self.block(
                     f"From {_code(group.get('source', '(no system)'))} "
                     f"to {_code(group.get('target', '(no system)'))}:"
@@ -740,13 +759,11 @@ class _Document:
                 rows = []
                 for element in group.get("element", []):
                     targets = element.get("target") or [{}]
+                    # What the engine translates this code into: a row counts when it is there.
+                    translations = terminology.translate(source_system, str(element.get("code")))
                     for target in targets:
                         relation = target.get("relationship") or target.get("equivalence") or ""
-                        used = (
-                            target.get("relationship") in TRANSLATING_RELATIONSHIPS
-                            if "relationship" in target
-                            else target.get("equivalence") in TRANSLATING_EQUIVALENCES
-                        )
+                        used = (target_system, str(target.get("code"))) in translations
                         rows.append(
                             (
                                 _code(element.get("code", "")),
@@ -757,7 +774,7 @@ class _Document:
                                     or known.get((target_system, str(target.get("code"))), "")
                                 ),
                                 relation,
-                                "yes" if used and target.get("code") else "no",
+                                "yes" if used else "no",
                             )
                         )
                 self.block(

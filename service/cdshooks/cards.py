@@ -65,8 +65,44 @@ def encode_cards(
 
 
 def _topic(action: Mapping[str, Any]) -> tuple[str, str]:
-    topic = _first_coding(action.get("code", [])) or {}
+    topic = topic_coding(action) or {}
     return topic.get("system", ""), topic.get("code", UNTAGGED)
+
+
+# What an action becomes on its card, one rule each: the card encoder below uses them, and so
+# does the clinical-logic document (service/authoring), so that it cannot describe another card.
+
+
+def topic_coding(action: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The card's topic: the action's first coding with a system and a code."""
+    return _first_coding(action.get("code", []))
+
+
+def indicator(action: Mapping[str, Any]) -> str:
+    """The card's indicator, from the action's priority."""
+    return _INDICATOR.get(action.get("priority", "routine"), "info")
+
+
+def selection_behavior(action: Mapping[str, Any]) -> str:
+    """How many of the card's suggestions the clinician may accept."""
+    return "at-most-one" if action.get("selectionBehavior") in _SINGLE_CHOICE else "any"
+
+
+def becomes_suggestion(child: Mapping[str, Any]) -> bool:
+    """Whether a child action is shown as a suggestion (CDS Hooks requires its label)."""
+    return bool(child.get("title"))
+
+
+def is_recommended(action: Mapping[str, Any]) -> bool | None:
+    """A suggestion's `isRecommended`, when the action says."""
+    return next(
+        (
+            e.get("valueBoolean")
+            for e in action.get("extension", [])
+            if e.get("url") == RECOMMENDED_EXTENSION
+        ),
+        None,
+    )
 
 
 def _card(
@@ -80,7 +116,7 @@ def _card(
     card: dict[str, Any] = {
         "uuid": uid,
         "summary": summary_text(action.get("title") or "Recommendation"),
-        "indicator": _INDICATOR.get(action.get("priority", "routine"), "info"),
+        "indicator": indicator(action),
         "source": _source(action, default_source),
     }
     if action.get("description"):
@@ -88,13 +124,12 @@ def _card(
     suggestions = [
         _suggestion(child, contained, uid)
         for child in action.get("action", [])
-        if child.get("title")
+        if becomes_suggestion(child)
     ]
     if suggestions:
         card["suggestions"] = suggestions
-        behavior = action.get("selectionBehavior")
-        card["selectionBehavior"] = "at-most-one" if behavior in _SINGLE_CHOICE else "any"
-    reasons = _override_reasons(action)
+        card["selectionBehavior"] = selection_behavior(action)
+    reasons = override_reasons(action)
     if reasons:
         card["overrideReasons"] = reasons
     links = _links(action)
@@ -112,7 +147,7 @@ def _source(action: Mapping[str, Any], default_label: str) -> dict[str, Any]:
     icon = (first.get("document") or {}).get("url")
     if icon:
         source["icon"] = icon
-    topic = _first_coding(action.get("code", []))
+    topic = topic_coding(action)
     if topic:
         source["topic"] = topic
     return source
@@ -138,7 +173,8 @@ def _first_coding(concepts: Sequence[Mapping[str, Any]]) -> dict[str, Any] | Non
     return None
 
 
-def _override_reasons(action: Mapping[str, Any]) -> list[dict[str, Any]]:
+def override_reasons(action: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The card's override reasons: each coding with a display (the specification requires it)."""
     return [
         {k: coding[k] for k in ("system", "code", "display") if coding.get(k)}
         for extension in action.get("extension", [])
@@ -155,14 +191,7 @@ def _suggestion(
         "label": action["title"],
         "uuid": str(uuid.uuid5(CARD_NAMESPACE, f"{card_id}/{action['id']}")),
     }
-    recommended = next(
-        (
-            e.get("valueBoolean")
-            for e in action.get("extension", [])
-            if e.get("url") == RECOMMENDED_EXTENSION
-        ),
-        None,
-    )
+    recommended = is_recommended(action)
     if recommended is not None:
         suggestion["isRecommended"] = recommended
     # The suggestion's own resource, then its child actions (HL7 mapping: action.action.action).
@@ -189,7 +218,7 @@ def _step(
     if not reference:
         return None
     description = action.get("description") or action.get("title") or "Apply the suggestion"
-    kind = _action_type(action)
+    kind = action_type(action)
     if not reference.startswith("#"):
         if kind != "remove":
             return None
@@ -205,6 +234,7 @@ def _step(
     }
 
 
-def _action_type(action: Mapping[str, Any]) -> str:
+def action_type(action: Mapping[str, Any]) -> str:
+    """The action's type code (`create`, `update`, `remove`); `create` when it has none."""
     coding = _first_coding([action.get("type") or {}]) or {}
     return str(coding.get("code", "create"))

@@ -20,8 +20,9 @@ from service.engine.plan import (
     VARIABLE_EXTENSION,
     Action,
     Plan,
+    first_match_only,
 )
-from service.engine.problems import KnowledgeError, Problem
+from service.engine.problems import KnowledgeError, ParameterValueProblem, Problem
 from service.engine.registry import UNIT_TABLE_SUFFIX, read_documents
 from service.engine.terminology import (
     TEXT_PATTERN_EXTENSION,
@@ -43,6 +44,7 @@ __all__ = [
     "Knowledge",
     "KnowledgeCache",
     "KnowledgeError",
+    "ParameterValueProblem",
     "Plan",
     "Problem",
     "Result",
@@ -53,6 +55,7 @@ __all__ = [
     "apply_plan",
     "default_value",
     "filter_codes",
+    "first_match_only",
     "load_knowledge",
     "read_documents",
 ]

@@ -41,7 +41,6 @@ from service.engine.activity import draft_request, set_path
 from service.engine.fhirpath import CompiledExpression
 from service.engine.plan import (
     ACTION_PATHS,
-    APPLICABILITY_BEHAVIOR,
     PREFERRED_CITATION,
     VARIABLE_EXTENSION,
     Action,
@@ -49,6 +48,7 @@ from service.engine.plan import (
     DynamicValue,
     Plan,
     Variable,
+    first_match_only,
 )
 
 log = logging.getLogger("rpl_cds.engine")
@@ -137,7 +137,7 @@ def apply_plan(plan: Plan, subject: Subject) -> Result:
         if subject.hook is None or not action.hooks or subject.hook in action.hooks
     ]
     try:
-        actions = run.actions(candidates, environment, _first_only(plan.raw))
+        actions = run.actions(candidates, environment, first_match_only(plan.raw))
     except _PlanVariableFailed as failure:
         plan_trace.applied = False
         plan_trace.error = str(failure)
@@ -247,7 +247,7 @@ class _Run:
         if resource is not None:
             out["resource"] = {"reference": f"#{resource['id']}"}
             self.resources_of[id(out)] = resource
-        children = self.actions(action.children, environment, _first_only(action.raw))
+        children = self.actions(action.children, environment, first_match_only(action.raw))
         if children:
             out["action"] = children
         self.by_id[action.key] = out
@@ -372,13 +372,6 @@ class _Run:
         if actions:
             group["action"] = actions
         return group
-
-
-def _first_only(owner: Mapping[str, Any]) -> bool:
-    return any(
-        extension.get("url") == APPLICABILITY_BEHAVIOR and extension.get("valueCode") == "any"
-        for extension in owner.get("extension", [])
-    )
 
 
 def _reference(item: Any) -> str | None:

@@ -31,7 +31,7 @@ from service.engine.plan import (
     Plan,
     Variable,
 )
-from service.engine.problems import Problem
+from service.engine.problems import ParameterValueProblem, Problem
 from service.engine.registry import Registry
 from service.engine.retrieve import Retrieve
 from service.engine.terminology import Terminology
@@ -200,28 +200,39 @@ class PlanCompiler:
             return None
         default = default_value(definition)
         value = self.settings.get(name, default)
+        # A value that is refused still declares the parameter, so the expressions reading it
+        # are not reported too: one problem, the one to fix.
         if value is None:
             self._problem(where, f"'{name}' has no default and RPL_CDS_PARAMETERS does not set it")
-            return None
+            return Parameter(name, kind, value)
         allowed = PARAMETER_TYPES[kind]
         # bool is an int to Python, but true is not an integer to an author.
         if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
-            self._problem(where, f"'{name}' must be of type {kind}, not {value!r}")
-            return None
+            self._value_problem(where, name, f"must be of type {kind}, not {value!r}")
+            return Parameter(name, kind, value)
         url = allowed_values_url(definition)
         if url is not None:
             if not self.terminology.knows(url):
                 self._problem(
                     where, f"'{name}': allowed values {url} is not an expandable ValueSet"
                 )
-                return None
+                return Parameter(name, kind, value)
             codes = sorted({code for _, code in self.terminology.closure(url)})
             if value not in codes:
-                self._problem(
-                    where, f"'{name}' must be one of {codes} (ValueSet {url}), not {value!r}"
+                self._value_problem(
+                    where, name, f"must be one of {codes} (ValueSet {url}), not {value!r}"
                 )
-                return None
         return Parameter(name, kind, value)
+
+    def _value_problem(self, where: str, name: str, reason: str) -> None:
+        """A value the deployment set is a setting to fix; the knowledge's own default, the
+        knowledge."""
+        if name in self.settings:
+            self.problems.append(
+                ParameterValueProblem(self.file, where, f"'{name}' {reason}", name)
+            )
+        else:
+            self._problem(where, f"'{name}' (its default) {reason}")
 
     def _data_requirements(self, resource: dict[str, Any]) -> Iterable[tuple[str, dict[str, Any]]]:
         for index, canonical in enumerate(resource.get("library", [])):

@@ -4,6 +4,7 @@ dynamic values with their FHIRPath compiled, its ActivityDefinitions, parameters
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,15 @@ PATH_STEP = re.compile(r"^([A-Za-z][A-Za-z0-9]*)(?:\[(\d+)\])?$")
 ACTION_PATHS = frozenset(
     {"title", "description", "priority", "timingDateTime", "textEquivalent", "resource"}
 )
+
+
+def first_match_only(owner: Mapping[str, Any]) -> bool:
+    """Whether a PlanDefinition or action keeps only the first applicable action among its
+    children (`cqf-applicabilityBehavior` any); `all`, the default, keeps each."""
+    return any(
+        extension.get("url") == APPLICABILITY_BEHAVIOR and extension.get("valueCode") == "any"
+        for extension in owner.get("extension", [])
+    )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,14 @@ class Problem:
         return f"{self.file}: {self.path}: {self.reason}"
 
 
+@dataclass(frozen=True)
+class ParameterValueProblem(Problem):
+    """The value the deployment gave a knowledge parameter is not one it accepts: a setting to
+    fix, not the knowledge."""
+
+    parameter: str
+
+
 class KnowledgeError(Exception):
     def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems = list(problems)

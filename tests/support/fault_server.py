@@ -43,6 +43,7 @@ class Recorded:
     query: str  # the raw query string, "" when none
     authorization: str | None
     host: str | None
+    cookie: str | None = None  # the `Cookie` header, if the client sent one
     bytes_sent: int = 0  # body bytes written before the answer ended or the client left
 
     @property
@@ -60,6 +61,7 @@ class Json:
     document: Any
     status: int = 200
     content_type: str = FHIR_JSON
+    set_cookie: str | None = None  # a `Set-Cookie` header value to send with it
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
             query=parts.query,
             authorization=self.headers.get("Authorization"),
             host=self.headers.get("Host"),
+            cookie=self.headers.get("Cookie"),
         )
         fault = self.server.fault
         fault.record(record)
@@ -222,7 +225,8 @@ class _Handler(BaseHTTPRequestHandler):
             case Echo(make=make):
                 self._perform(make(record, fault), record)
             case Json(document=document, status=status, content_type=content_type):
-                self._send(status, json.dumps(document).encode(), content_type, record)
+                headers = {"Set-Cookie": behaviour.set_cookie} if behaviour.set_cookie else {}
+                self._send(status, json.dumps(document).encode(), content_type, record, headers)
             case Status(code=code, document=document):
                 body = document if document is not None else outcome(f"HTTP {code}")
                 self._send(code, json.dumps(body).encode(), FHIR_JSON, record)
@@ -249,8 +253,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             record.bytes_sent = start + piece
 
-    def _send(self, status: int, body: bytes, content_type: str, record: Recorded) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        record: Recorded,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Connection", "close")

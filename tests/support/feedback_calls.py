@@ -12,9 +12,9 @@ from support.patients import Scenario, order_request
 
 async def issue_card(client: httpx.AsyncClient) -> dict[str, Any]:
     scenario = Scenario("LIT").female().draft_service_request("Paternal lymphocyte immunization")
-    return (await client.post(ORDER_SIGN, json=order_request(scenario, "order-sign"))).json()[
-        "cards"
-    ][0]
+    response = await client.post(ORDER_SIGN, json=order_request(scenario, "order-sign"))
+    cards: list[dict[str, Any]] = response.json()["cards"]
+    return cards[0]
 
 
 def overridden(card: dict[str, Any], when: str = "2026-11-21T10:10:23Z") -> dict[str, Any]:
