@@ -73,6 +73,29 @@ def test_a_value_set_with_text_patterns_matches_text_and_displays(
     assert member(concept, url) == [expected]
 
 
+@pytest.mark.parametrize(
+    ("patterns", "text", "expected"),
+    [
+        ((r"warfarin", r"\bcoumadin\b"), "Coumadin 5 mg", True),
+        ((r"warfarin", r"\bcoumadin\b"), "coumadine", False),
+        # Joined naively, `\1` would name the first pattern's group and `(?i)` would not compile.
+        ((r"(x)y", r"(ab)\1"), "abab", True),
+        ((r"(x)y", r"(ab)\1"), "abx", False),
+        ((r"warfarin", r"(?i)heparin"), "Heparin", True),
+        ((r"^lit$", r"paternal"), "lit", True),
+        ((r"^lit$", r"paternal"), "a lit b", False),
+    ],
+)
+def test_text_patterns_of_one_value_set_keep_their_own_meaning(
+    patterns: tuple[str, ...], text: str, expected: bool
+) -> None:
+    url = f"{EX}/ValueSet/patterns"
+    terminology = Terminology.from_resources(
+        {url: {"resourceType": "ValueSet", "url": url, "extension": text_patterns(*patterns)}}
+    )
+    assert terminology.text_matches(url, [text]) is expected
+
+
 def test_a_broken_text_pattern_is_a_terminology_problem() -> None:
     url = f"{EX}/ValueSet/broken"
     terminology = Terminology.from_resources(

@@ -194,6 +194,33 @@ def test_closures_and_fhirpathpy_agree(text: str, expected: list[Any]) -> None:
 
 
 @pytest.mark.parametrize(
+    "item",
+    [
+        {"status": "final"},
+        {"status": "preliminary"},
+        {"status": ["final"]},  # a list: navigated as the general where does
+        {"status": "final", "_status": {"extension": []}},  # two items for `in`: an error
+        {"_status": {"extension": []}},
+        {"status": None},
+        {"status": 1},
+        {"code": "final"},
+        "final",
+    ],
+)
+def test_where_in_strings_selects_as_the_general_where(item: Any) -> None:
+    # `where(status in (...))` is selected by a set lookup; in parentheses it is not.
+    direct = compile_expression("%a.where(status in ('final' | 'amended'))", FUNCTIONS)
+    general = compile_expression("%a.where((status in ('final' | 'amended')))", FUNCTIONS)
+    env = {"a": [{"status": "amended", "id": "1"}, item]}
+    (selected, error), (expected, expected_error) = (
+        _outcome(lambda: direct({}, env)),
+        _outcome(lambda: general({}, env)),
+    )
+    assert selected == expected
+    assert repr(error) == repr(expected_error)
+
+
+@pytest.mark.parametrize(
     ("text", "error"),
     [
         ("%a.first() + %b", "Cannot ['x'] + [1]"),  # a string plus a number

@@ -103,6 +103,20 @@ class HookContext(CdsHooksModel):
 MAX_SHAPE_ISSUES = 20
 
 
+# Resource types whose shape resource_problems looks into (a nested Bundle is passed over).
+_WALKED = frozenset({"Bundle", "OperationOutcome"})
+
+
+def _plain_entry(entry: Any) -> bool:
+    """A Bundle entry with nothing to report, as resource_problems would find: the common case,
+    decided without naming the entry (a large Bundle holds thousands)."""
+    if type(entry) is not dict or type(entry.get("search", {})) is not dict:
+        return False
+    resource = entry.get("resource")
+    kind = resource.get("resourceType") if type(resource) is dict else None
+    return type(kind) is str and bool(kind) and kind not in _WALKED
+
+
 def resource_problems(value: Any, where: str) -> list[Issue]:
     """Where `value` is not shaped like the FHIR resource the service reads: an object with a
     `resourceType`; for a Bundle, `entry` an array of objects whose `resource` is such a resource
@@ -123,6 +137,8 @@ def resource_problems(value: Any, where: str) -> list[Issue]:
         return [Issue(f"{where}.entry must be an array", f"{where}.entry")]
     problems: list[Issue] = []
     for index, entry in enumerate(entries):
+        if _plain_entry(entry):
+            continue
         at = f"{where}.entry[{index}]"
         if not isinstance(entry, dict):
             problems.append(Issue(f"{at} must be an object", at))

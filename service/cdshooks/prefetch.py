@@ -39,16 +39,18 @@ def _is_error(value: Mapping[str, Any]) -> bool:
         return True
     if value.get("resourceType") != "Bundle":
         return False
-    resources = [e.get("resource") or {} for e in value.get("entry", []) if isinstance(e, dict)]
-    outcomes = [r for r in resources if r.get("resourceType") == "OperationOutcome"]
-    return (
-        bool(outcomes)
-        and len(outcomes) == len(resources)
-        and any(
-            issue.get("severity") in ("error", "fatal")
-            for outcome in outcomes
-            for issue in outcome.get("issue", [])
-        )
+    outcomes = []
+    for entry in value.get("entry", []):
+        if not isinstance(entry, dict):
+            continue
+        resource = entry.get("resource") or {}
+        if resource.get("resourceType") != "OperationOutcome":
+            return False  # a result: the Bundle is not a failed search (decided at its first)
+        outcomes.append(resource)
+    return any(
+        issue.get("severity") in ("error", "fatal")
+        for outcome in outcomes
+        for issue in outcome.get("issue", [])
     )
 
 

@@ -50,7 +50,6 @@ from service.engine.plan import (
     Variable,
     first_match_only,
 )
-from service.engine.retrieve import retrieve_all
 
 log = logging.getLogger("rpl_cds.engine")
 
@@ -115,7 +114,7 @@ class _PlanVariableFailed(BaseException):
 def apply_plan(plan: Plan, subject: Subject) -> Result:
     environment: dict[str, Any] = {name: [] for name in plan.resource_types}
     environment.update(subject.resources_by_type)
-    environment.update(retrieve_all(plan.retrieves, subject.resources_by_type))
+    environment.update(plan.retrieve_index.select(subject.resources_by_type))
     environment.update({parameter.name: parameter.value for parameter in plan.parameters})
     environment.update(
         {

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from service.engine.fhirpath import CompiledExpression
-from service.engine.retrieve import Retrieve
+from service.engine.retrieve import Retrieve, RetrieveIndex
 
 VARIABLE_EXTENSION = "http://hl7.org/fhir/StructureDefinition/variable"
 APPLICABILITY_BEHAVIOR = "http://hl7.org/fhir/StructureDefinition/cqf-applicabilityBehavior"
@@ -95,3 +95,8 @@ class Plan:
     data_requirements: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     retrieves: list[Retrieve] = field(default_factory=list)
     parameters: list[Parameter] = field(default_factory=list)
+    # The retrieves' codes, indexed at load (the retrieves do not change after compiling).
+    retrieve_index: RetrieveIndex = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.retrieve_index = RetrieveIndex(self.retrieves)

@@ -164,7 +164,7 @@ class _Builder:
         for key, resource in self.by_canonical.items():
             if resource.get("resourceType") != "ValueSet":
                 continue
-            patterns[key] = self._text_patterns(resource)
+            patterns[key] = _one_pattern(self._text_patterns(resource))
             expansion = self._expand(resource)
             if isinstance(expansion, _Unexpandable):
                 members[key] = None
@@ -356,3 +356,20 @@ def _unique(resources: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     for resource in resources:
         seen.setdefault(id(resource), resource)
     return list(seen.values())
+
+
+_BACKREFERENCE = re.compile(r"\\[1-9]|\(\?P=")
+
+
+def _one_pattern(patterns: tuple[re.Pattern[str], ...]) -> tuple[re.Pattern[str], ...]:
+    """The ValueSet's patterns as one alternation: a text is searched once, not once per pattern
+    (a medication ValueSet holds up to 17, tried against every order's text). Left apart where
+    joining could change a pattern's meaning: numbered back-references would count the groups
+    of the patterns before it, and an inline global flag is only allowed at the start."""
+    if len(patterns) < 2 or any(_BACKREFERENCE.search(p.pattern) for p in patterns):
+        return patterns
+    try:
+        joined = re.compile("|".join(f"(?:{p.pattern})" for p in patterns), re.IGNORECASE)
+    except re.error:
+        return patterns
+    return (joined,)

@@ -356,11 +356,46 @@ class _Compiler:
         function = node["children"][0]
         name = _identifier(None, None, function["children"][0])[0]
         params = list(function["children"][1]["children"]) if len(function["children"]) > 1 else []
+        if name == "where" and name not in self.user and len(params) == 1:
+            selection = self._where_in(params[0])
+            if selection is not None:
+                return selection
         native = None if name in self.user else getattr(self, f"_fn_{name}", None)
         if native is not None:
             step: Step = native([self.node(param) for param in params])
             return step
         return self._library_function(name, params)
+
+    def _where_in(self, criteria: Node) -> Step | None:
+        """`where(element in <strings>)` (`status in ('final' | 'amended')`), the most common
+        filter of the knowledge, as a set lookup on each item that holds the element as one plain
+        string; any other item goes through the general `where`, so the results are the same."""
+        if criteria["type"] != "MembershipExpression" or criteria["terminalNodeText"] != ["in"]:
+            return None
+        left, right = criteria["children"]
+        key = _member_name(left)
+        if key is None or key in self.choices:
+            return None
+        constant = self.node(right)
+        if not isinstance(constant, _Constant) or not all(type(v) is str for v in constant.value):
+            return None
+        general = self._fn_where([self.node(criteria)])
+        values = frozenset(constant.value)
+        extension_key = f"_{key}"
+
+        def run(focus: Items, scope: Scope) -> Items:
+            kept = []
+            for item in focus:
+                if type(item) is dict:
+                    value = item.get(key)
+                    if type(value) is str and extension_key not in item:
+                        if value in values:
+                            kept.append(item)
+                        continue
+                kept.extend(general([item], scope))
+            return kept
+
+        return run
 
     def _library_function(self, name: str, params: list[Node]) -> Step:
         entry = self.registry.get(name)
@@ -648,6 +683,20 @@ _FASTER: Mapping[str, Callable[..., Any]] = {
 }
 
 
+def _member_name(node: Node) -> str | None:
+    """The element name of a term that is one plain member (`status`), else None."""
+    if node["type"] != "TermExpression":
+        return None
+    (term,) = node["children"]
+    if term["type"] != "InvocationTerm":
+        return None
+    (member,) = term["children"]
+    if member["type"] != "MemberInvocation":
+        return None
+    key: str = _identifier(None, None, member["children"][0])[0].replace("`", "")
+    return None if key[0] == key[0].upper() else key
+
+
 def _arguments(name: str, params: list[Step], count: int) -> list[Step]:
     if len(params) != count:
         raise Unsupported(f"{name}() with {len(params)} argument(s)")
@@ -667,4 +716,6 @@ def _nullable(value: Any) -> bool:
 
 def _extension_stand_in(item: Any) -> bool:
     """fhirpathpy's stand-in for a primitive's extension (`_effectiveDateTime`) is not a value."""
+    if type(item) is dict:  # the request's own objects: no list of every resource's keys
+        return len(item) == 1 and "extension" in item
     return isinstance(item, Mapping) and list(item) == ["extension"]

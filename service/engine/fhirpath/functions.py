@@ -156,7 +156,7 @@ class _Functions:
         if isinstance(item, str):
             codes = self.terminology.single_system_codes(url)
             return None if codes is None else item in codes
-        if not isinstance(item, Mapping):
+        if not (type(item) is dict or isinstance(item, Mapping)):  # dict: no ABC check
             return None
         _not_a_resource(item, "inValueSet", "a Coding, CodeableConcept or code")
         concept = "coding" in item or ("text" in item and "code" not in item)
@@ -293,7 +293,7 @@ def _quantity(item: Any, need_value: bool = True) -> tuple[Decimal | None, str |
 
 
 def _coding_member(coding: Any, closure: frozenset[tuple[str, str]]) -> bool | None:
-    if not isinstance(coding, Mapping):
+    if not (type(coding) is dict or isinstance(coding, Mapping)):
         return None
     system, code = coding.get("system"), coding.get("code")
     if not (isinstance(system, str) and system and isinstance(code, str) and code):
@@ -310,7 +310,12 @@ def _present(inputs: Sequence[Any]) -> list[Any]:
     return [
         item
         for item in inputs
-        if not (isinstance(item, Mapping) and item and set(item) <= {"id", "extension"})
+        if not (
+            (type(item) is dict or isinstance(item, Mapping))
+            # A resource's keys are not collected into a set to learn that it has more than two.
+            and 0 < len(item) <= 2
+            and set(item) <= {"id", "extension"}
+        )
     ]
 
 
