@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
-from support.scenario_calls import ProfileApps, scenario_request, service_for_hook
+from support.scenario_calls import ProfileApps
 
 from service.authoring.synthetic import load_scenarios
 from service.dates import add_months
@@ -28,15 +28,7 @@ async def apps(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Profil
 
 
 async def _card(apps: ProfileApps, scenario: str, profile: str, topic: str) -> dict[str, Any]:
-    spec = SPECS[scenario]
-    client, discovery = await apps.get(profile)
-    service = service_for_hook(discovery, spec.hook)
-    body = scenario_request(spec, service, _today())
-    response = await client.post(f"/cds-services/{service['id']}", json=body)
-    cards = [c for c in response.json()["cards"] if c["source"]["topic"]["code"] == topic]
-    assert len(cards) == 1, response.text
-    card: dict[str, Any] = cards[0]
-    return card
+    return await apps.card(SPECS[scenario], profile, topic)
 
 
 def _today() -> date:

@@ -20,7 +20,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 from urllib.parse import unquote
 
@@ -258,3 +258,14 @@ class ProfileApps:
             assert discovery.status_code == 200, discovery.text
             self._apps[profile] = (client, discovery.json()["services"])
         return self._apps[profile]
+
+    async def card(self, spec: ScenarioSpec, profile: str, topic: str) -> dict[str, Any]:
+        """The one card about `topic` that the scenario's call gets under `profile`, today."""
+        client, discovery = await self.get(profile)
+        service = service_for_hook(discovery, spec.hook)
+        body = scenario_request(spec, service, datetime.now(UTC).date())
+        response = await client.post(f"/cds-services/{service['id']}", json=body)
+        cards = [c for c in response.json()["cards"] if c["source"]["topic"]["code"] == topic]
+        assert len(cards) == 1, response.text
+        card: dict[str, Any] = cards[0]
+        return card
