@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -15,6 +15,9 @@ from support.canary import Canary
 
 from service.app import create_app
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from support.scenario_calls import ProfileApps
 
 BASE_URL = "http://cds.test"
 
@@ -81,3 +84,14 @@ def log_canary(
     leaks = canary.leaks(records)
     if leaks:
         pytest.fail(f"a token, JWT or patient id was logged: {leaks}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+async def apps(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ProfileApps]:
+    """One app per guideline profile for the module, as `make_client(guideline=profile)` builds
+    it (a module that needs other settings defines its own `apps`)."""
+    # Imported here: support.scenario_calls imports `running` from this module.
+    from support.scenario_calls import ProfileApps
+
+    async with AsyncExitStack() as stack:
+        yield ProfileApps(stack, tmp_path_factory)

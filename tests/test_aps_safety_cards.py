@@ -4,8 +4,6 @@ subclinical hypothyroidism is a conditional recommendation ('consider', with its
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
@@ -15,12 +13,6 @@ from service.authoring.synthetic import load_scenarios
 from service.settings import data_root
 
 SPECS = {spec.id: spec for spec in load_scenarios(data_root() / "scenarios")}
-
-
-@pytest.fixture(scope="module")
-async def apps(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ProfileApps]:
-    async with AsyncExitStack() as stack:
-        yield ProfileApps(stack, tmp_path_factory)
 
 
 async def _card(apps: ProfileApps, scenario: str, profile: str, topic: str) -> dict[str, Any]:

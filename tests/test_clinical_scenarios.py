@@ -8,8 +8,6 @@ A dialect variant with other cards than the original is a table error or a knowl
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,13 +38,6 @@ CASES = [
     for profile in spec.expect
 ]
 RECOMMENDATIONS = data_root() / "mappings" / "CodeSystem-rpl-recommendation.json"
-
-
-@pytest.fixture(scope="module")
-async def apps(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ProfileApps]:
-    """One app per profile for the module, as `make_client(guideline=profile)` builds it."""
-    async with AsyncExitStack() as stack:
-        yield ProfileApps(stack, tmp_path_factory)
 
 
 @pytest.mark.parametrize(("spec", "profile"), CASES)

@@ -6,8 +6,6 @@ counselling referral is for the couple and says why."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -21,12 +19,6 @@ from service.settings import data_root
 SPECS = {spec.id: spec for spec in load_scenarios(data_root() / "scenarios")}
 DIALECTS = load_dialects(data_root() / "scenarios")
 PROFILES = profiles()
-
-
-@pytest.fixture(scope="module")
-async def apps(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ProfileApps]:
-    async with AsyncExitStack() as stack:
-        yield ProfileApps(stack, tmp_path_factory)
 
 
 def _today() -> date:

@@ -6,8 +6,6 @@ prognosis with its source."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -19,12 +17,6 @@ from service.dates import add_months
 from service.settings import data_root
 
 SPECS = {spec.id: spec for spec in load_scenarios(data_root() / "scenarios")}
-
-
-@pytest.fixture(scope="module")
-async def apps(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ProfileApps]:
-    async with AsyncExitStack() as stack:
-        yield ProfileApps(stack, tmp_path_factory)
 
 
 async def _card(apps: ProfileApps, scenario: str, profile: str, topic: str) -> dict[str, Any]:
