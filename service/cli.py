@@ -44,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load-scenarios", help="load the synthetic scenario patients into a FHIR R4 server"
     )
     load.add_argument("--fhir-server", required=True, help="the server's base URL")
-    load.add_argument("--token", help="bearer token for the server (if it needs one)")
+    load.add_argument(
+        "--token",
+        help="bearer token for the server (if it needs one); write --token=T if T starts with '-'",
+    )
     load.add_argument("--scenarios", type=Path, help="a description file or directory")
     load.add_argument(
         "--today",

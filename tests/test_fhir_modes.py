@@ -13,6 +13,7 @@ and scenarios with `prefetchErrors` are left out (the service fetches a failed k
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -65,7 +66,10 @@ class DialectServers:
 
     def get(self, dialect: str | None) -> FhirServer:
         if dialect not in self._servers:
-            server = self._stack.enter_context(sekmet_server(self._tmp.mktemp("fhir")))
+            # A token that starts with "-", as one in 64 random tokens does: the
+            # load-scenarios command must still take it (as --token=T).
+            token = "-" + secrets.token_urlsafe(24)
+            server = self._stack.enter_context(sekmet_server(self._tmp.mktemp("fhir"), token=token))
             loaded = subprocess.run(
                 [
                     sys.executable,
@@ -74,8 +78,7 @@ class DialectServers:
                     "load-scenarios",
                     "--fhir-server",
                     server.base_url,
-                    "--token",
-                    server.token,
+                    f"--token={server.token}",  # a random token may start with "-"
                     "--today",
                     TODAY.isoformat(),
                     *(["--dialect", dialect] if dialect else []),

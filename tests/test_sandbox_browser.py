@@ -92,7 +92,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     port = free_port()
     with static_site(build) as origin, sekmet_server(work / "fhir", open_access=True) as fhir:
         # The README's command for loading the scenario patients.
-        load = ["load-scenarios", "--fhir-server", fhir.base_url, "--token", fhir.token]
+        # "--token=" form: a random token may start with "-", which argparse would
+        # take for an option.
+        load = ["load-scenarios", "--fhir-server", fhir.base_url, f"--token={fhir.token}"]
         loaded = subprocess.run(
             [sys.executable, "-m", "service.cli", *load],
             capture_output=True,
