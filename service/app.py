@@ -198,12 +198,12 @@ def _suppression(
 def create_worker_app() -> FastAPI:
     """uvicorn's factory in each worker process of `rpl-cds serve --workers N`."""
     settings = Settings()
-    return serving(create_app(settings, _load_catalogue(settings)))
+    return serving(create_app(settings, _load_catalogue(settings)), settings)
 
 
-def serving(app: FastAPI) -> FastAPI:
+def serving(app: FastAPI, settings: Settings) -> FastAPI:
     """`app`, with this process tuned to serve it until it exits."""
-    tune_for_serving()
+    tune_for_serving(settings.gc_young_threshold)
     return app
 
 

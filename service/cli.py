@@ -270,7 +270,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
     if workers == 1:
         from service.app import create_app, serving
 
-        app = serving(create_app(settings, catalogue))
+        app = serving(create_app(settings, catalogue), settings)
     config = uvicorn.Config(
         app,
         factory=workers > 1,

@@ -146,6 +146,10 @@ class Settings(BaseSettings):
     # callers about the internals).
     server_timing: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Net allocations between a serving worker's young garbage collections. CPython's default,
+    # 700, makes the collector walk each large parsed body again and again: pauses that set the
+    # p99 (service/ops/serving_process.py; `python -m bench.pauses` measures both).
+    gc_young_threshold: int = Field(default=100_000, ge=1, le=10_000_000)
     # After SIGTERM: how long requests in progress may take to finish before they are cut off.
     # Below Kubernetes' default terminationGracePeriodSeconds (30), which ends in SIGKILL.
     shutdown_grace_seconds: int = Field(default=20, ge=1, le=600)

@@ -41,12 +41,12 @@ MMAP_THRESHOLD_BYTES: Final = 128 * 1024
 YOUNG_GENERATION_THRESHOLD: Final = 100_000
 
 
-def tune_for_serving() -> None:
+def tune_for_serving(young_threshold: int = YOUNG_GENERATION_THRESHOLD) -> None:
     fix_mmap_threshold()
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()
-    gc.set_threshold(YOUNG_GENERATION_THRESHOLD, middle, old)
+    gc.set_threshold(young_threshold, middle, old)
 
 
 def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
