@@ -37,7 +37,7 @@ def one_call(catalogue: Catalogue, body: Body) -> Callable[[], bytes]:
         parsed = orjson.loads(body.payload)
         hook_call = parse_call(service, parsed)
         today = datetime.now(UTC).date()
-        resolution = resolve_prefetch(service.prefetch, hook_call.request.prefetch)
+        resolution = resolve_prefetch(service.prefetch, hook_call.prefetch)
         subject = subject_of(service.hook, hook_call.context, resolution.record, today)
         result = apply_plan(service.plan, subject)
         cards = encode_cards(

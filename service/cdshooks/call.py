@@ -14,7 +14,13 @@ from pydantic import ValidationError
 from service.auth.identity import ClientIdentity
 from service.cdshooks.cards import Card, encode_cards
 from service.cdshooks.catalogue import CdsService
-from service.cdshooks.models import CONTEXT_MODELS, HookContext, HookRequest, prefetch_problems
+from service.cdshooks.models import (
+    CONTEXT_MODELS,
+    HookCall,
+    HookContext,
+    HookRequest,
+    prefetch_problems,
+)
 from service.cdshooks.prefetch import assemble_record
 from service.cdshooks.subject import subject_of
 from service.engine import TraceEntry, apply_plan
@@ -23,18 +29,6 @@ from service.feedback.records import IssuedCard
 from service.feedback.suppression import Screened
 from service.ops.timing import PhaseTimer
 from service.runtime import Runtime
-
-
-@dataclass(frozen=True)
-class HookCall:
-    """A request that passed every check, with its context in the hook's typed model."""
-
-    request: HookRequest
-    context: HookContext
-
-    @property
-    def hook_instance(self) -> str:
-        return str(self.request.hookInstance)
 
 
 @dataclass(frozen=True)
@@ -63,7 +57,7 @@ async def answer(
     log["hookInstance"] = call.hook_instance
     today = datetime.now(UTC).date()
     assembled = await assemble_record(
-        service.prefetch, call.request, runtime.fetcher, runtime.settings, today, timer, client
+        service.prefetch, call, runtime.fetcher, runtime.settings, today, timer, client
     )
     if assembled.missing_data:
         log["missingData"] = assembled.missing_data
@@ -84,7 +78,7 @@ async def answer(
         service,
         cards,
         patient_id=call.context.patientId,
-        fhir_server=str(call.request.fhirServer) if call.request.fhirServer else None,
+        fhir_server=call.fhir_server,
         client=client,
         record=assembled.record,
         missing_data=assembled.missing_data,
@@ -118,7 +112,7 @@ def parse_call(service: CdsService, body: Any) -> HookCall:
         raise ServiceError(
             400, f"invalid {service.hook} context", validation_issues(error, root="context")
         ) from None
-    return HookCall(request, context)
+    return HookCall.of(request, context)
 
 
 def issued_records(screened: Screened, service_id: str, hook_instance: str) -> list[IssuedCard]:

@@ -4,6 +4,7 @@ EHRs add fields the specification allows (extensions, newer context fields)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -221,6 +222,32 @@ class HookRequest(CdsHooksModel):
         if self.fhirAuthorization is not None and self.fhirServer is None:
             raise ValueError("fhirServer is required when fhirAuthorization is present")
         return self
+
+
+@dataclass(frozen=True)
+class HookCall:
+    """A request that passed every check: its envelope, and its context in the hook's typed model.
+    The raw context dict is left behind, so every later step reads the one validated context."""
+
+    hook_instance: str
+    fhir_server: str | None
+    fhir_authorization: FhirAuthorization | None
+    prefetch: dict[str, dict[str, Any] | None] | None
+    context: HookContext
+
+    @classmethod
+    def of(cls, request: HookRequest, context: HookContext) -> HookCall:
+        return cls(
+            hook_instance=str(request.hookInstance),
+            fhir_server=str(request.fhirServer) if request.fhirServer else None,
+            fhir_authorization=request.fhirAuthorization,
+            prefetch=request.prefetch,
+            context=context,
+        )
+
+    def context_values(self) -> dict[str, Any]:
+        """The context as the client sent it: the fields it set, extras included."""
+        return self.context.model_dump(exclude_unset=True)
 
 
 class Coding(CdsHooksModel):

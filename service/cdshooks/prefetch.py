@@ -13,7 +13,7 @@ from datetime import date
 from typing import Any
 
 from service.auth.identity import ClientIdentity
-from service.cdshooks.models import HookRequest
+from service.cdshooks.models import HookCall
 from service.errors import ServiceError
 from service.fhir.expected import expected_type, foreign_types
 from service.fhir.fetch import FhirFetcher
@@ -101,7 +101,7 @@ class Assembled:
 
 async def assemble_record(
     templates: Mapping[str, str],
-    call: HookRequest,
+    call: HookCall,
     fetcher: FhirFetcher,
     settings: Settings,
     today: date,
@@ -116,7 +116,7 @@ async def assemble_record(
     wanted = [*resolution.missing, *resolution.failed]
     if not wanted:
         return Assembled(resolution.record, [])
-    fhir_server = str(call.fhirServer) if call.fhirServer else None
+    fhir_server = call.fhir_server
     refusal = (
         fetcher.policy.server_refusal(fhir_server, _issuer_servers(settings, client))
         if fhir_server
@@ -132,12 +132,13 @@ async def assemble_record(
             )
         return Assembled(resolution.record, resolution.failed)
     queries = {}
+    context = call.context_values()
     for key in wanted:
         try:
-            queries[key] = render(templates[key], call.context, today)
+            queries[key] = render(templates[key], context, today)
         except Unrenderable:
             continue  # e.g. an encounter query in a call without an encounter: no data
-    token = call.fhirAuthorization.access_token if call.fhirAuthorization else None
+    token = call.fhir_authorization.access_token if call.fhir_authorization else None
     with timer.phase("prefetch"):
         fetched = await fetcher.fetch_all(
             fhir_server, token, queries, settings.fhir_time_budget_seconds
