@@ -53,3 +53,15 @@ async def test_lupus_anticoagulant_on_anticoagulation_says_what_to_do(apps: Prof
     assert "Pradaxa" in card["detail"]
     assert "repeat lupus anticoagulant off anticoagulation" in card["detail"]
     assert "anti-beta-2-glycoprotein I" in card["detail"]
+
+
+@pytest.mark.parametrize("profile", ["eshre", "asrm", "rcog"])
+async def test_a_recorded_aps_diagnosis_is_treated_and_named_as_such(
+    apps: ProfileApps, profile: str
+) -> None:
+    """Two losses and APS on record, no antibody results: the diagnosis stands for its criteria
+    (aspirin and heparin in every profile), and the card does not claim laboratory criteria the
+    record does not show."""
+    card = await _card(apps, "aps-screen-aps-recorded", profile, "aps-treatment")
+    assert card["detail"].startswith("**Why:** antiphospholipid syndrome recorded; 2 pregnancy")
+    assert "laboratory criteria" not in card["detail"].split("**Evidence:**")[0]
