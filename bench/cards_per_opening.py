@@ -42,7 +42,7 @@ from support.scenario_calls import scenario_request, service_for_hook  # noqa: E
 from service.app import create_app  # noqa: E402
 from service.authoring.synthetic import load_scenarios, profiles  # noqa: E402
 from service.cdshooks.catalogue import load_catalogue  # noqa: E402
-from service.feedback.suppression import suppressing_reasons  # noqa: E402
+from service.cdshooks.suppression import suppressing_reasons  # noqa: E402
 from service.settings import Settings, bundled_knowledge_dirs  # noqa: E402
 
 PROFILES = profiles()

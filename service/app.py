@@ -19,12 +19,12 @@ from service.cdshooks.catalogue import Catalogue, load_catalogue
 from service.cdshooks.contract import served_contract
 from service.cdshooks.routes import admin as admin_router
 from service.cdshooks.routes import router as cds_router
+from service.cdshooks.suppression import Suppression, suppressing_reasons
 from service.engine import KnowledgeCache
 from service.errors import UnexpectedErrors, install_error_handlers, outcome_response
 from service.feedback.issued_writer import IssuedCardWriter
 from service.feedback.outage import RETRY_AFTER_SECONDS, DatabaseUnavailable, outage_reason
 from service.feedback.store import FeedbackStore
-from service.feedback.suppression import Suppression, suppressing_reasons
 from service.fhir.cookies import cookieless_jar
 from service.fhir.egress import CheckedBackend, EgressPolicy, checked_transport
 from service.fhir.fetch import FhirFetcher

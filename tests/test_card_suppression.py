@@ -30,9 +30,9 @@ from support.tcp_proxy import TcpProxy
 
 from service.app import create_app
 from service.cdshooks.catalogue import load_catalogue
+from service.cdshooks.suppression import FAILURES_BEFORE_PAUSE, OUTAGE_PAUSE_SECONDS
 from service.engine.problems import KnowledgeError
 from service.feedback.store import FeedbackStore
-from service.feedback.suppression import FAILURES_BEFORE_PAUSE, OUTAGE_PAUSE_SECONDS
 from service.feedback.tables import metadata
 from service.settings import Settings, bundled_knowledge_dirs
 

@@ -140,7 +140,7 @@ async def test_migrations_create_the_schema_at_head(empty_url: str) -> None:
 
 def test_schema_has_no_patient_identifiers() -> None:
     columns = {column.name for table in metadata.sorted_tables for column in table.columns}
-    # The one exception is a keyed hash (feedback/suppression.py), never the id itself: the
+    # The one exception is a keyed hash (cdshooks/suppression.py), never the id itself: the
     # HTTP tests of repeat suppression read every row to check that.
     assert {name for name in columns if "patient" in name or "subject" in name} == {"patient_key"}
 

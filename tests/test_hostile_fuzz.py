@@ -22,12 +22,12 @@ from hypothesis import strategies as st
 from service.app import create_app
 from service.settings import Settings
 
-ORDER_SAFETY_KEYS = ("patient", "conditions", "observations")
+ORDER_SAFETY_KEYS = ("patient", "conditions", "observations", "medicationRequests")
 # service id: (hook, prefetch keys)
 SERVICES = {
     "rpl-workup": (
         "patient-view",
-        (*ORDER_SAFETY_KEYS, "procedures", "reports", "serviceRequests", "medicationRequests"),
+        (*ORDER_SAFETY_KEYS, "procedures", "reports", "serviceRequests"),
     ),
     "rpl-order-safety-order-sign": ("order-sign", ORDER_SAFETY_KEYS),
 }

@@ -2,7 +2,10 @@
 
 A cycle makes import order matter and hides which module owns what; an arrow from the engine to
 `cdshooks/`, `auth/`, `feedback/` or `ops/` would tie the generic engine to one way of serving it.
-Read from the source (an AST walk), so a lazy import inside a function counts too."""
+Read from the source (an AST walk), so a lazy import inside a function counts too. Between
+packages, the imports made at run time have no cycle either; imports for typing only (`if
+TYPE_CHECKING:`) are left out there, since the composition root (`runtime.py`) names every
+package's components for the type checker while each package's handlers import it."""
 
 from __future__ import annotations
 
@@ -30,9 +33,24 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def _imported(module: str, file: Path) -> Iterator[str]:
+def _typing_only(node: ast.AST) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _nodes(tree: ast.AST, typing: bool) -> Iterator[ast.AST]:
+    """Every node, or (typing False) every node outside `if TYPE_CHECKING:` blocks."""
+    for child in ast.iter_child_nodes(tree):
+        if typing or not _typing_only(child):
+            yield child
+            yield from _nodes(child, typing)
+
+
+def _imported(module: str, file: Path, typing: bool = True) -> Iterator[str]:
     package = module if file.name == "__init__.py" else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+    for node in _nodes(ast.parse(file.read_text(encoding="utf-8")), typing):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -46,11 +64,28 @@ def _imported(module: str, file: Path) -> Iterator[str]:
                 yield full if full in MODULES else base
 
 
-def import_graph(modules: Mapping[str, Path]) -> dict[str, set[str]]:
+def import_graph(modules: Mapping[str, Path], typing: bool = True) -> dict[str, set[str]]:
     return {
-        module: {target for target in _imported(module, file) if target in modules} - {module}
+        module: {target for target in _imported(module, file, typing) if target in modules}
+        - {module}
         for module, file in modules.items()
     }
+
+
+def package_graph(graph: Mapping[str, set[str]]) -> dict[str, set[str]]:
+    """Arrows between the packages of service/ (`service.cdshooks`, ...); a module directly in
+    service/ (app, cli, runtime, ...) is its own node."""
+
+    def package(module: str) -> str:
+        parts = module.split(".")
+        if len(parts) > 1 and (ROOT / "service" / parts[1]).is_dir():
+            return ".".join(parts[:2])
+        return module
+
+    packages: dict[str, set[str]] = {package(module): set() for module in graph}
+    for module, targets in graph.items():
+        packages[package(module)] |= {package(t) for t in targets} - {package(module)}
+    return packages
 
 
 def cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
@@ -86,6 +121,7 @@ def cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
 
 
 GRAPH = import_graph(MODULES)
+RUN_TIME_GRAPH = import_graph(MODULES, typing=False)
 
 
 def test_the_walk_sees_the_imports() -> None:
@@ -96,6 +132,17 @@ def test_the_walk_sees_the_imports() -> None:
 
 def test_no_import_cycle_in_service() -> None:
     assert cycles(GRAPH) == []
+
+
+def test_no_cycle_between_packages_at_run_time() -> None:
+    packages = package_graph(RUN_TIME_GRAPH)
+    assert "service.feedback" in packages["service.cdshooks"]  # the walk sees package arrows
+    assert cycles(packages) == []
+
+
+def test_typing_only_imports_are_told_apart() -> None:
+    assert "service.feedback.store" in GRAPH["service.runtime"]
+    assert "service.feedback.store" not in RUN_TIME_GRAPH["service.runtime"]
 
 
 def test_a_cycle_is_found() -> None:

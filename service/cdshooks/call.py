@@ -23,10 +23,10 @@ from service.cdshooks.models import (
 )
 from service.cdshooks.prefetch import assemble_record
 from service.cdshooks.subject import subject_of
+from service.cdshooks.suppression import Screened
 from service.engine import TraceEntry, apply_plan
 from service.errors import Issue, ServiceError, validation_issues
 from service.feedback.records import IssuedCard
-from service.feedback.suppression import Screened
 from service.ops.timing import PhaseTimer
 from service.runtime import Runtime
 
@@ -73,7 +73,7 @@ async def answer(
             service_id=service.id,
             default_source=service.title or service.id,
         )
-    # Cards the clinician already dealt with for this patient are left out (feedback/suppression).
+    # Cards the clinician already dealt with for this patient are left out (suppression.py).
     screened = await runtime.suppression.screen(
         service,
         cards,

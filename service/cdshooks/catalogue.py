@@ -26,7 +26,7 @@ QUERY_PATTERN_EXTENSION = "http://hl7.org/fhir/StructureDefinition/cqf-fhirQuery
 # `%<id>` but is no prefetch key, so a plan can read many narrow code groups from a few queries.
 RETRIEVE_ONLY_EXTENSION = "https://fhir.rpl-cds.org/StructureDefinition/retrieve-only"
 # On a PlanDefinition, valueBoolean true: its services may leave out a card the clinician has
-# dealt with for this patient (service/feedback/suppression.py).
+# dealt with for this patient (service/cdshooks/suppression.py).
 REPEAT_SUPPRESSION_EXTENSION = "https://fhir.rpl-cds.org/StructureDefinition/repeat-suppression"
 # Hooks about orders being written: each call is a new decision on new drafts, and a warning about
 # a dangerous order must show however often an earlier one was overridden. No suppression there.

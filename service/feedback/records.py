@@ -17,7 +17,7 @@ class IssuedCard:
     hook_instance: str
     issued_at: datetime
     # For services that suppress repeated cards: the keyed hash of the patient (never the id) and
-    # the digest of the record facts the card was computed from (feedback/suppression.py).
+    # the digest of the record facts the card was computed from (cdshooks/suppression.py).
     patient_key: str | None = None
     facts: str | None = None
 

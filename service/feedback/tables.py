@@ -73,7 +73,7 @@ issued_cards = sa.Table(
     sa.Column("topic_code", sa.String(KEY_LENGTH), nullable=False),
     sa.Column("hook_instance", sa.String(KEY_LENGTH), nullable=False),
     sa.Column("issued_at", UTCDateTime(), nullable=False),
-    # For repeat suppression (feedback/suppression.py), else null: the keyed hash of the patient,
+    # For repeat suppression (cdshooks/suppression.py), else null: the keyed hash of the patient,
     # and a digest of the record facts the card was computed from.
     sa.Column("patient_key", sa.String(KEY_LENGTH), nullable=True),
     sa.Column("facts", sa.String(KEY_LENGTH), nullable=True),

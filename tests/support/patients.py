@@ -18,14 +18,8 @@ TWO_LOSSES_ESHRE = frozenset(
     {"aps-screen", "thyroid-screen", "uterine-imaging", "lifestyle-support"}
 )
 # The prefetch keys of the bundled services (plandefinitions/Library-rpl-*.json).
-ORDER_SAFETY_KEYS = ("patient", "conditions", "observations")
-WORKUP_KEYS = (
-    *ORDER_SAFETY_KEYS,
-    "procedures",
-    "reports",
-    "serviceRequests",
-    "medicationRequests",
-)
+ORDER_SAFETY_KEYS = ("patient", "conditions", "observations", "medicationRequests")
+WORKUP_KEYS = (*ORDER_SAFETY_KEYS, "procedures", "reports", "serviceRequests")
 
 
 @dataclass
