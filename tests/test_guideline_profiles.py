@@ -9,6 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import running
+from support.calls import WORKUP
+from support.patients import Scenario, topics, workup_request
 
 from service.app import create_app
 from service.authoring.synthetic import profiles
@@ -59,6 +62,39 @@ def test_a_site_adds_a_fourth_profile_as_knowledge(tmp_path: Path) -> None:
     assert profiles(tuple(directories)) == ("asrm", "eshre", "nice", "rcog")
     catalogue = load_catalogue(directories, {"guideline": "nice"})
     assert catalogue.parameters()["guideline"] == "nice"
+
+
+async def test_a_site_profile_drives_the_rules_written_for_it(tmp_path: Path) -> None:
+    """The site's profile is read by the rules the site writes for it, like a bundled one: here
+    its own loss threshold (three, as RCOG), in the knowledge only."""
+    directories = site_copy(tmp_path, extra_profile="nice")
+    workup = tmp_path / "plandefinitions" / "PlanDefinition-rpl-workup.json"
+    plan = json.loads(workup.read_text(encoding="utf-8"))
+    (threshold,) = [
+        e["valueExpression"]
+        for e in plan["extension"]
+        if e.get("valueExpression", {}).get("name") == "rplThreshold"
+    ]
+    assert threshold["expression"] == "iif(%guideline = 'rcog', 3, 2)"
+    threshold["expression"] = "iif(%guideline in ('rcog' | 'nice'), 3, 2)"
+    workup.write_text(json.dumps(plan), encoding="utf-8")
+
+    two = Scenario("two losses").female().miscarriage("2025-01-10").miscarriage("2025-09-02")
+    three = Scenario("three losses").female().miscarriage("2024-03-01")
+    three = three.miscarriage("2025-01-10").miscarriage("2025-09-02")
+    answered = {}
+    for profile in ("asrm", "nice"):
+        settings = Settings(
+            guideline=profile, knowledge_dirs=directories, data_dir=tmp_path / profile
+        )
+        async with running(create_app(settings)) as client:
+            for name, scenario in (("two", two), ("three", three)):
+                response = await client.post(WORKUP, json=workup_request(scenario))
+                assert response.status_code == 200, response.text
+                answered[profile, name] = topics(response.json())
+    assert "aps-screen" in answered["asrm", "two"]
+    assert "aps-screen" not in answered["nice", "two"]  # the site's threshold: three
+    assert "aps-screen" in answered["nice", "three"]
 
 
 def test_rpl_cds_guideline_sets_the_parameter(monkeypatch: pytest.MonkeyPatch) -> None:
