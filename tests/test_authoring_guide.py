@@ -25,12 +25,11 @@ import pytest
 from fhir.resources.R4B.requestgroup import RequestGroup
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
-from service.cdshooks import cards, catalogue
+from service.cdshooks import cards, catalogue, suppression
 from service.engine import compiler, registry, terminology
 from service.engine import plan as plan_model
 from service.engine.compiler import ENGINE_VARIABLES
 from service.engine.fhirpath.functions import SIGNATURES
-from service.feedback import suppression
 from service.fhir import templates
 from service.fhirops import routes
 from service.settings import Settings, bundled_knowledge_dirs
