@@ -16,6 +16,7 @@ from service.engine.fhirpath import (
     CompiledExpression,
     ExpressionError,
     compile_expression,
+    parse_expression,
 )
 from service.engine.knowledge_cache import KnowledgeCache
 from service.engine.plan import (
@@ -136,6 +137,9 @@ class PlanCompiler:
     activities: dict[str, Activity] = field(default_factory=dict)
     resource_types: set[str] = field(default_factory=set)
     action_ids: set[str] = field(default_factory=set)
+    # Expressions compiled so far, by text: a compiled expression holds no context (its variables
+    # are bound when it is evaluated), so one text is compiled once, whichever plans repeat it.
+    compiled: dict[str, CompiledExpression] = field(default_factory=dict)
 
     def compile(self, resource: dict[str, Any]) -> Plan | None:
         plan_id = resource.get("id")
@@ -458,13 +462,19 @@ class PlanCompiler:
         if not text:
             self._problem(path, "expression text is missing")
             return None
-        try:
-            compiled = compile_expression(text, self.functions, self.cache)
-        except ExpressionError as error:
-            self._problem(path, f"FHIRPath does not compile: {error}")
-            return None
-        for reason in self.static_check(compiled.tree):
-            self._problem(path, reason)
+        compiled = self.compiled.get(text)
+        if compiled is None:
+            try:
+                tree = parse_expression(text, self.cache)
+            except ExpressionError as error:
+                self._problem(path, f"FHIRPath does not compile: {error}")
+                return None
+            problems = self.static_check(tree)
+            for reason in problems:
+                self._problem(path, reason)
+            compiled = compile_expression(text, self.functions, tree=tree)
+            if not problems:
+                self.compiled[text] = compiled
         free = compiled.variables - scope - BUILTIN_VARIABLES
         # Collections of the patient's resources are offered as %Condition, %Observation, ...
         types = free & RESOURCE_TYPES

@@ -14,6 +14,7 @@ from typing import Any
 
 from service.engine.check_digits import code_problems
 from service.engine.compiler import PlanCompiler
+from service.engine.fhirpath import CompiledExpression
 from service.engine.fhirpath.functions import engine_functions
 from service.engine.fhirpath.static_check import check_expression
 from service.engine.knowledge_cache import KnowledgeCache
@@ -61,6 +62,7 @@ def load_knowledge(
     knowledge.units = UnitTable.load([d for d in directories if d.is_dir()])
     problems.extend(knowledge.units.problems)
     knowledge.functions = engine_functions(knowledge.terminology, knowledge.units)
+    compiled: dict[str, CompiledExpression] = {}  # shared by the plans: one text, one compile
     for file, resource in documents:
         if resource.get("resourceType") == "PlanDefinition":
             plan = PlanCompiler(
@@ -74,6 +76,7 @@ def load_knowledge(
                     tree, knowledge.terminology, knowledge.units
                 ),
                 settings=parameters or {},
+                compiled=compiled,
             ).compile(resource)
             if plan is not None:
                 knowledge.plans.append(plan)

@@ -10,6 +10,7 @@ from service.engine.fhirpath.expression import (
     CompiledExpression,
     ExpressionError,
     compile_expression,
+    parse_expression,
     plain,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "CompiledExpression",
     "ExpressionError",
     "compile_expression",
+    "parse_expression",
     "plain",
 ]

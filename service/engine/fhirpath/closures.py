@@ -110,10 +110,13 @@ def compile_closures(
     table. Raises Unsupported when the expression needs fhirpathpy's interpreter."""
     compiler = _Compiler(model, functions)
     step = compiler.node(tree["children"][0])
+    # The model alone, not the compiler: its function registry (a copy per expression) is
+    # garbage once the steps are built.
+    fhir_model = compiler.model
 
     def evaluate(resource: Any, variables: Mapping[str, Any]) -> Items:
         root = _arraify(resource)
-        ctx = {"vars": variables, "dataRoot": root, "model": compiler.model}
+        ctx = {"vars": variables, "dataRoot": root, "model": fhir_model}
         result = step(root, Scope(variables, resource, root, None, ctx))
         return [item for item in result if not _extension_stand_in(item)]
 

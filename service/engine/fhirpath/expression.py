@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from service.engine.fhirpath.adapter import R4_MODEL, interpreter, parse_strict
+from service.engine.fhirpath.adapter import R4_MODEL, interpreter, parse, parse_strict
 from service.engine.fhirpath.closures import Evaluator, Model, Unsupported, compile_closures
 from service.engine.knowledge_cache import KnowledgeCache
 
@@ -79,7 +79,6 @@ class CompiledExpression:
     text: str
     variables: frozenset[str]
     _evaluate: Evaluator
-    tree: Mapping[str, Any]  # fhirpathpy's parse tree
     # "closures", or "fhirpathpy" for an expression the closure compiler does not cover.
     evaluator: str
     _options: Mapping[str, Any]
@@ -99,8 +98,10 @@ class CompiledExpression:
         return [plain(item) for item in result]
 
     def reference(self, resource: Any, environment: Mapping[str, Any]) -> list[Any]:
-        """The same expression evaluated by fhirpathpy's interpreter (for comparisons)."""
-        evaluate = interpreter(self.tree, self._options)
+        """The same expression evaluated by fhirpathpy's interpreter (for comparisons). The parse
+        tree is made again here: a served worker keeps no trees (about 10 MB for the bundled
+        knowledge), and an expression the strict parse accepted parses the same leniently."""
+        evaluate = interpreter(parse(self.text), self._options)
         result: list[Any] = evaluate(resource, dict(environment))
         return result
 
@@ -118,10 +119,9 @@ def _single(inputs: list[Any]) -> list[Any]:
 CORRECTED_BUILTINS: Mapping[str, Any] = {"single": {"fn": _single, "arity": {0: []}}}
 
 
-def compile_expression(
-    expression: str, functions: Mapping[str, Any] | None = None, cache: KnowledgeCache | None = None
-) -> CompiledExpression:
-    """`cache`: parse trees from earlier starts (knowledge_cache.py), and where new ones go."""
+def parse_expression(expression: str, cache: KnowledgeCache | None = None) -> Mapping[str, Any]:
+    """fhirpathpy's parse tree of a valid expression (strict: ExpressionError otherwise).
+    `cache`: parse trees from earlier starts (knowledge_cache.py), and where new ones go."""
     tree = cache.tree(expression) if cache is not None else None
     if tree is None:
         tree, errors = parse_strict(expression)
@@ -129,6 +129,19 @@ def compile_expression(
             raise ExpressionError("; ".join(errors))
         if cache is not None:
             cache.add_tree(expression, tree)
+    return tree
+
+
+def compile_expression(
+    expression: str,
+    functions: Mapping[str, Any] | None = None,
+    cache: KnowledgeCache | None = None,
+    tree: Mapping[str, Any] | None = None,
+) -> CompiledExpression:
+    """`tree`: the expression's parse tree when the caller has it (parse_expression) already.
+    The compiled expression does not keep it."""
+    if tree is None:
+        tree = parse_expression(expression, cache)
     table = {**CORRECTED_BUILTINS, **(functions or {})}
     options = {"userInvocationTable": table}
     evaluator = "closures"
@@ -138,4 +151,4 @@ def compile_expression(
         evaluator = "fhirpathpy"
         evaluate = interpreter(tree, options)
     variables = frozenset(referenced_variables(expression))
-    return CompiledExpression(expression, variables, evaluate, tree, evaluator, options)
+    return CompiledExpression(expression, variables, evaluate, evaluator, options)

@@ -26,7 +26,7 @@ def check_expression(
     expression: str | Mapping[str, Any], terminology: Terminology, units: UnitTable
 ) -> list[str]:
     """Problems an author can fix before any patient data arrives; empty when none is found.
-    `expression`: the text, or its parse tree (`CompiledExpression.tree`).
+    `expression`: the text, or its parse tree (`parse_expression`).
 
     Syntax errors are not reported here (fhirpathpy's parser recovers silently; the strict parse
     in `expression.py` reports them)."""
