@@ -12,9 +12,10 @@ wrongly (`single()` returns an error as a value) are replaced.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 from service.engine.fhirpath.adapter import R4_MODEL, interpreter, parse, parse_strict
@@ -98,12 +99,15 @@ class CompiledExpression:
         return [plain(item) for item in result]
 
     def reference(self, resource: Any, environment: Mapping[str, Any]) -> list[Any]:
-        """The same expression evaluated by fhirpathpy's interpreter (for comparisons). The parse
-        tree is made again here: a served worker keeps no trees (about 10 MB for the bundled
-        knowledge), and an expression the strict parse accepted parses the same leniently."""
-        evaluate = interpreter(parse(self.text), self._options)
-        result: list[Any] = evaluate(resource, dict(environment))
+        """The same expression evaluated by fhirpathpy's interpreter (for comparisons)."""
+        result: list[Any] = self._reference(resource, dict(environment))
         return result
+
+    @cached_property
+    def _reference(self) -> Callable[..., Any]:
+        # Parsed again, once, on first use: a served worker keeps no parse trees (about 10 MB
+        # for the bundled knowledge), and what the strict parse accepted parses the same here.
+        return interpreter(parse(self.text), self._options)
 
 
 def _single(inputs: list[Any]) -> list[Any]:
