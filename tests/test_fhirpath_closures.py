@@ -220,6 +220,45 @@ def test_where_in_strings_selects_as_the_general_where(item: Any) -> None:
     assert repr(error) == repr(expected_error)
 
 
+HEPARIN = "https://fhir.rpl-cds.org/ValueSet/heparin"
+ORAL = "https://fhir.rpl-cds.org/ValueSet/oral-anticoagulant"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"medicationCodeableConcept": {"text": "Enoxaparin 40 mg"}},  # by text (first ValueSet)
+        {"medicationCodeableConcept": {"text": "Apixaban 5 mg"}},  # by text (second ValueSet)
+        {"medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "243670"}]}},
+        {"medicationCodeableConcept": {"coding": [{"code": "67108"}], "text": "x"}},  # no system
+        {"medicationCodeableConcept": {"coding": [{"system": RXNORM, "display": "Warfarin"}]}},
+        {"medicationReference": {"reference": "Medication/1"}},  # not a concept: undecided
+        {"medicationCodeableConcept": [{"text": "aspirin"}, {"text": "heparin"}]},  # a list
+        {"_medicationCodeableConcept": {"extension": []}},
+        {"medication": {"text": "dalteparin"}},  # the element under its plain name
+        {"medicationCodeableConcept": "heparin"},  # a string: a bare code
+        {"medicationCodeableConcept": {"resourceType": "Medication"}},  # a resource: an error
+        {"status": "active"},
+        "heparin",
+    ],
+)
+def test_where_member_of_selects_as_the_general_where(item: Any) -> None:
+    # `where(x.inValueSet(a) or x.inValueSet(b))` calls the function per item directly; in
+    # parentheses it is the general where.
+    criteria = f"medication.inValueSet('{HEPARIN}') or medication.inValueSet('{ORAL}')"
+    direct = compile_expression(f"%a.where({criteria})", FUNCTIONS)
+    general = compile_expression(f"%a.where(({criteria}))", FUNCTIONS)
+    env = {"a": [{"medicationCodeableConcept": {"text": "Clexane"}, "id": "1"}, item]}
+    (selected, error), (expected, expected_error) = (
+        _outcome(lambda: direct({}, env)),
+        _outcome(lambda: general({}, env)),
+    )
+    assert selected == expected
+    assert repr(error) == repr(expected_error)
+    assert error is not None or selected[0]["id"] == "1"  # the first item is an enoxaparin
+
+
 @pytest.mark.parametrize(
     ("text", "error"),
     [
