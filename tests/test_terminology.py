@@ -35,7 +35,7 @@ from support.engine_fixtures import (
     value_set,
 )
 
-from service.engine.terminology import Terminology
+from service.engine.terminology import TEXT_PATTERN_EXTENSION, Terminology
 
 # The test data is valid FHIR
 
@@ -226,3 +226,32 @@ def test_terminology_from_knowledge_and_empty() -> None:
     assert Terminology.empty().problems() == []
     assert TERMINOLOGY.value_set_urls() >= {VS_LAB, VS_VERSIONED, f"{VS_VERSIONED}|2"}
     assert TERMINOLOGY.translate(LOCAL, "HBA1C") == ((LOINC, "4548-4"),)
+
+
+def test_text_verdicts_are_remembered_within_a_bound() -> None:
+    terminology = Terminology.from_resources(
+        {
+            "urn:vs:heparin": {
+                "resourceType": "ValueSet",
+                "url": "urn:vs:heparin",
+                "status": "active",
+                "extension": [
+                    {
+                        "url": TEXT_PATTERN_EXTENSION,
+                        "valueString": "heparin",
+                    }
+                ],
+                "compose": {"include": [{"system": "urn:s", "concept": [{"code": "h"}]}]},
+            }
+        }
+    )
+    assert terminology.text_matches("urn:vs:heparin", ["Heparin 5000 units"])
+    assert not terminology.text_matches("urn:vs:heparin", ["Aspirin"])
+    # Asked again, the same verdicts (now remembered); many texts never grow the memory past
+    # its bound.
+    assert terminology.text_matches("urn:vs:heparin", ["Heparin 5000 units"])
+    assert not terminology.text_matches("urn:vs:heparin", ["Aspirin"])
+    for n in range(25_000):
+        terminology.text_matches("urn:vs:heparin", [f"medicine {n}"])
+    assert len(terminology._text_verdicts) <= 20_000
+    assert terminology.text_matches("urn:vs:heparin", ["low molecular weight heparin"])

@@ -57,6 +57,7 @@ from typing import Any
 Code = tuple[str, str]  # (system, code)
 
 TEXT_PATTERN_EXTENSION = "https://fhir.rpl-cds.org/StructureDefinition/valueset-text-pattern"
+_TEXT_VERDICTS_KEPT = 20_000
 TRANSLATING_EQUIVALENCES = frozenset({"equal", "equivalent", "wider", "subsumes"})
 TRANSLATING_RELATIONSHIPS = frozenset({"equivalent", "source-is-narrower-than-target"})
 
@@ -75,6 +76,12 @@ class Terminology:
     _problems: tuple[tuple[str, str], ...] = field(default=())
     # canonical -> compiled text patterns (extension TEXT_PATTERN_EXTENSION).
     _patterns: Mapping[str, tuple[re.Pattern[str], ...]] = field(default_factory=dict)
+    # (canonical, texts) -> whether a pattern matches: a record repeats its medicines' texts
+    # (every repeat prescription), and a case-insensitive alternation costs a few microseconds
+    # a search. Bounded; emptied when full. Only ever holds verdicts the patterns give.
+    _text_verdicts: dict[tuple[str, tuple[str, ...]], bool] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def from_resources(cls, by_canonical: Mapping[str, Mapping[str, Any]]) -> Terminology:
@@ -119,8 +126,15 @@ class Terminology:
 
     def text_matches(self, url: str, texts: Iterable[str]) -> bool:
         """Whether any text matches one of the ValueSet's text patterns."""
-        patterns = self._patterns.get(url, ())
-        return any(pattern.search(text) for text in texts for pattern in patterns)
+        key = (url, tuple(texts))
+        verdict = self._text_verdicts.get(key)
+        if verdict is None:
+            patterns = self._patterns.get(url, ())
+            verdict = any(pattern.search(text) for text in key[1] for pattern in patterns)
+            if len(self._text_verdicts) >= _TEXT_VERDICTS_KEPT:
+                self._text_verdicts.clear()
+            self._text_verdicts[key] = verdict
+        return verdict
 
     def single_system_codes(self, url: str) -> frozenset[str] | None:
         """The ValueSet's code strings when its members come from exactly one system, else None

@@ -161,14 +161,18 @@ class _Functions:
         _not_a_resource(item, "inValueSet", "a Coding, CodeableConcept or code")
         concept = "coding" in item or ("text" in item and "code" not in item)
         codings = (item.get("coding") or []) if concept else [item]
-        verdicts = [_coding_member(c, closure) for c in codings]
-        if any(verdicts):
-            return True
+        # False only when every coding could be matched and none is a member.
+        decided = bool(codings)
+        for coding in codings:
+            verdict = _coding_member(coding, closure)
+            if verdict:
+                return True
+            decided = decided and verdict is not None
         if self.terminology.has_text_patterns(url):
             # The ValueSet defines what its text means, so text decides when codes do not.
             texts = [item.get("text")] + [c.get("display") for c in codings if isinstance(c, dict)]
             return self.terminology.text_matches(url, [t for t in texts if isinstance(t, str)])
-        return False if verdicts and None not in verdicts else None
+        return False if decided else None
 
     def quantity_in(self, inputs: list[Any], unit: str) -> Decimal | list[Any]:
         value, from_unit = _quantity(_single(inputs, "quantityIn"))
