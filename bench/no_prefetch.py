@@ -30,7 +30,15 @@ from typing import Any
 from urllib.parse import urljoin
 
 from bench.bodies import SIZES, Patients, make_patients, no_prefetch_body
-from bench.procs import LOOPBACK, Server, call, card_topics, start_service, stop
+from bench.procs import (
+    LOOPBACK,
+    Server,
+    call,
+    card_topics,
+    discovered_services,
+    start_service,
+    stop,
+)
 from service.fhir.load import to_transaction
 from service.fhir.templates import Unrenderable, render
 from service.settings import Settings
@@ -222,11 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rpl-cds-bench-") as tmp:
         work = Path(tmp)
         # The services and their prefetch templates, as bench.run has them from discovery.
-        service = start_service(1, work / "data-nopf", work)
-        try:
-            services = call(service, "GET", "/cds-services")["services"]
-        finally:
-            stop(service)
+        services = discovered_services(work, "data-nopf")
         view = next(s for s in services if s["hook"] == "patient-view")
         patients = make_patients(view["prefetch"], today)
 

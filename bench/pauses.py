@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from bench.bodies import Body, build_bodies, make_patients
-from bench.procs import Server, call, start_floor, start_service, stop
+from bench.procs import Server, discovered_services, start_floor, start_service, stop
 from bench.run import machine, measured
 
 CONNECTIONS = 8
@@ -43,11 +43,7 @@ VARIANTS: Mapping[str, Mapping[str, str]] = {
 
 
 def _bodies(work: Path, today: date) -> list[Body]:
-    service = start_service(1, work / "data-bodies", work)
-    try:
-        services = call(service, "GET", "/cds-services")["services"]
-    finally:
-        stop(service)
+    services = discovered_services(work, "data-bodies")
     view = next(s for s in services if s["hook"] == "patient-view")
     return build_bodies(services, make_patients(view["prefetch"], today), today)
 

@@ -221,6 +221,17 @@ def worker_rss(server: Server) -> dict[str, object]:
     }
 
 
+def discovered_services(work: Path, name: str) -> list[dict[str, Any]]:
+    """The services and their prefetch templates, from a service started for that alone (loading
+    the knowledge in the benchmark's own process would cost seconds and its memory)."""
+    service = start_service(1, work / name, work)
+    try:
+        services: list[dict[str, Any]] = call(service, "GET", "/cds-services")["services"]
+    finally:
+        stop(service)
+    return services
+
+
 def call(server: Server, method: str, path: str, body: bytes | None = None) -> Any:
     """One request; the JSON answer. RuntimeError unless the status is 200."""
     connection = http.client.HTTPConnection(LOOPBACK, server.port, timeout=120)
