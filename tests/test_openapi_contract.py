@@ -285,6 +285,12 @@ async def test_discovery_matches_contract(client: httpx.AsyncClient) -> None:
     services = {service["id"]: service for service in body["services"]}
     assert services[WORKUP]["hook"] == "patient-view"
     assert set(services[WORKUP]["prefetch"]) == set(WORKUP_KEYS)
+    # The documented example says what the bundled services are (long query lists shortened).
+    for documented in example("Discovery")["services"]:
+        served = services[documented["id"]]
+        for field in ("hook", "title", "description"):
+            assert documented[field] == served[field], (documented["id"], field)
+        assert set(documented["prefetch"]) == set(served["prefetch"]), documented["id"]
 
 
 async def test_service_call_answers_with_contract_cards(client: httpx.AsyncClient) -> None:
