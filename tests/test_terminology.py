@@ -221,7 +221,7 @@ def test_in_value_set_with_an_unknown_computed_url_raises() -> None:
         run(f"'x'.inValueSet('{VS_FILTER}')")  # loaded but not expandable
 
 
-def test_terminology_from_knowledge_and_empty() -> None:
+def test_terminology_from_resources_and_empty() -> None:
     assert Terminology.empty().members(VS_LAB) is None
     assert Terminology.empty().problems() == []
     assert TERMINOLOGY.value_set_urls() >= {VS_LAB, VS_VERSIONED, f"{VS_VERSIONED}|2"}
