@@ -16,10 +16,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from fhirpathpy.models import models as fhirpathpy_models
 from support.scenario_calls import ProfileApps, scenario_request, service_for_hook
 
 from service.authoring.synthetic import load_scenarios, profiles
 from service.engine.fhirpath import CompiledExpression, compile_expression, plain
+from service.engine.fhirpath.adapter import R4_MODEL
 from service.engine.knowledge import load_knowledge
 from service.settings import data_root
 
@@ -284,3 +286,10 @@ def test_what_the_compiler_does_not_cover_is_interpreted_by_fhirpathpy() -> None
     expression = compile_expression("%a.select($index)", FUNCTIONS)
     assert expression.evaluator == "fhirpathpy"
     assert expression({}, {"a": ["x", "y"]}) == [0, 1]
+
+
+def test_the_r4_model_is_fhirpathpys_own() -> None:
+    # The adapter reads only R4 from fhirpathpy's package data; it must be what fhirpathpy
+    # itself loads.
+    assert fhirpathpy_models["r4"] == R4_MODEL
+    assert set(R4_MODEL) >= {"choiceTypePaths", "path2Type", "type2Parent"}

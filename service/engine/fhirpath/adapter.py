@@ -8,7 +8,9 @@ because fhirpathpy's own `parse` recovers from syntax errors silently.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
+from importlib import resources
 from typing import Any, cast
 
 from antlr4 import CommonTokenStream, InputStream, Token
@@ -31,7 +33,6 @@ from fhirpathpy.engine.evaluators import time_literal as _time_literal
 from fhirpathpy.engine.invocations import invocation_registry
 from fhirpathpy.engine.invocations.existence import distinct_fn
 from fhirpathpy.engine.nodes import FP_DateTime, FP_Quantity
-from fhirpathpy.models import models
 from fhirpathpy.parser import parse as _parse
 from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
@@ -42,7 +43,20 @@ Node = Mapping[str, Any]
 Literal = Callable[[Any, Any, Node], Items]
 
 VERSION: str = _version
-R4_MODEL: dict[str, Any] = models["r4"]
+
+
+def _model(version: str) -> dict[str, Any]:
+    """One FHIR version's model from fhirpathpy's package data. `fhirpathpy.models` parses all
+    four versions it ships (about 6 MB in every worker); the engine reads R4 only (2 MB)."""
+    folder = resources.files("fhirpathpy") / "models" / version
+    return {
+        entry.name.removesuffix(".json"): json.loads(entry.read_text(encoding="utf-8"))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".json")
+    }
+
+
+R4_MODEL: dict[str, Any] = _model("r4")
 # fhirpathpy's own date and quantity values, as they appear in results and function inputs.
 DateTimeValue = FP_DateTime
 QuantityValue = FP_Quantity
