@@ -7,12 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from support.scenario_calls import ProfileApps
+from support.scenario_calls import BUNDLED_SPECS, ProfileApps
 
-from service.authoring.synthetic import load_scenarios
-from service.settings import data_root
-
-SPECS = {spec.id: spec for spec in load_scenarios(data_root() / "scenarios")}
+SPECS = BUNDLED_SPECS
 
 
 async def _card(apps: ProfileApps, scenario: str, profile: str, topic: str) -> dict[str, Any]:

@@ -10,13 +10,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
-from support.scenario_calls import ProfileApps, scenario_request, service_for_hook
+from support.scenario_calls import BUNDLED_SPECS, ProfileApps, scenario_request, service_for_hook
 
-from service.authoring.synthetic import ScenarioSpec, load_dialects, load_scenarios, profiles
+from service.authoring.synthetic import ScenarioSpec, load_dialects, profiles
 from service.dates import add_months
 from service.settings import data_root
 
-SPECS = {spec.id: spec for spec in load_scenarios(data_root() / "scenarios")}
+SPECS = BUNDLED_SPECS
 DIALECTS = load_dialects(data_root() / "scenarios")
 PROFILES = profiles()
 

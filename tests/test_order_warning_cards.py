@@ -5,12 +5,9 @@ record, what to do instead, and the evidence, with the guideline as its source."
 from __future__ import annotations
 
 import pytest
-from support.scenario_calls import ProfileApps
+from support.scenario_calls import BUNDLED_SPECS, ProfileApps
 
-from service.authoring.synthetic import load_scenarios
-from service.settings import data_root
-
-SPECS = {spec.id: spec for spec in load_scenarios(data_root() / "scenarios")}
+SPECS = BUNDLED_SPECS
 
 
 @pytest.mark.parametrize("profile", ["eshre", "asrm", "rcog"])

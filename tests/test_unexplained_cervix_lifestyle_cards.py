@@ -10,13 +10,11 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
-from support.scenario_calls import ProfileApps
+from support.scenario_calls import BUNDLED_SPECS, ProfileApps
 
-from service.authoring.synthetic import load_scenarios
 from service.dates import add_months
-from service.settings import data_root
 
-SPECS = {spec.id: spec for spec in load_scenarios(data_root() / "scenarios")}
+SPECS = BUNDLED_SPECS
 
 
 async def _card(apps: ProfileApps, scenario: str, profile: str, topic: str) -> dict[str, Any]:

@@ -29,11 +29,13 @@ import pytest
 from conftest import running
 
 from service.app import create_app
-from service.authoring.synthetic import ScenarioSpec
+from service.authoring.synthetic import ScenarioSpec, load_scenarios
 from service.fhir.templates import Unrenderable, render
-from service.settings import Settings
+from service.settings import Settings, data_root
 
 USER = "Practitioner/syn-clinician"
+# The bundled scenarios (scenarios/), by id: what the card-text tests look up.
+BUNDLED_SPECS = {spec.id: spec for spec in load_scenarios(data_root() / "scenarios")}
 # The bundled service of each hook, used only when discovery lists several `rpl-` services for it.
 DEFAULT_SERVICE = {
     "patient-view": "rpl-workup",
