@@ -22,6 +22,7 @@ from support.scenario_calls import ProfileApps, scenario_request, service_for_ho
 from service.authoring.synthetic import load_scenarios, profiles
 from service.engine.fhirpath import CompiledExpression, compile_expression, plain
 from service.engine.fhirpath.adapter import R4_MODEL
+from service.engine.fhirpath.functions import engine_functions
 from service.engine.knowledge import load_knowledge
 from service.settings import data_root
 
@@ -209,10 +210,14 @@ def test_closures_and_fhirpathpy_agree(text: str, expected: list[Any]) -> None:
         "final",
     ],
 )
-def test_where_in_strings_selects_as_the_general_where(item: Any) -> None:
-    # `where(status in (...))` is selected by a set lookup; in parentheses it is not.
-    direct = compile_expression("%a.where(status in ('final' | 'amended'))", FUNCTIONS)
-    general = compile_expression("%a.where((status in ('final' | 'amended')))", FUNCTIONS)
+@pytest.mark.parametrize(
+    "criteria", ["status in ('final' | 'amended')", "status = 'final'", "status = 'amended'"]
+)
+def test_where_in_strings_selects_as_the_general_where(item: Any, criteria: str) -> None:
+    # `where(status in (...))` and `where(status = '...')` are selected by a set lookup; in
+    # parentheses they are not.
+    direct = compile_expression(f"%a.where({criteria})", FUNCTIONS)
+    general = compile_expression(f"%a.where(({criteria}))", FUNCTIONS)
     env = {"a": [{"status": "amended", "id": "1"}, item]}
     (selected, error), (expected, expected_error) = (
         _outcome(lambda: direct({}, env)),
@@ -293,3 +298,33 @@ def test_the_r4_model_is_fhirpathpys_own() -> None:
     # itself loads.
     assert fhirpathpy_models["r4"] == R4_MODEL
     assert set(R4_MODEL) >= {"choiceTypePaths", "path2Type", "type2Parent"}
+
+
+def test_a_concept_asked_again_gets_the_verdict_a_fresh_decision_gives() -> None:
+    # inValueSet remembers concepts by content (text, and each coding's system, code and
+    # display); whatever the order of asking, a remembered verdict is the one a table that has
+    # never seen the concept decides.
+    def concept(display: str | None = None, text: str | None = None, code: str = "0") -> Any:
+        coding = {"system": RXNORM, "code": code}
+        if display is not None:
+            coding["display"] = display
+        return {"coding": [coding], **({"text": text} if text is not None else {})}
+
+    asked = [
+        (HEPARIN, concept(display="Enoxaparin 40 mg")),  # a member by its display
+        (HEPARIN, concept(display="Amoxicillin 500 mg")),  # the same code, another display
+        (HEPARIN, concept(text="enoxaparin")),  # by its text
+        (HEPARIN, concept()),  # decided by the code alone: not a member
+        (HEPARIN, {"coding": [{"code": "67108"}]}),  # no system: the text patterns decide
+        (ORAL, concept(display="Enoxaparin 40 mg")),  # the same concept, another ValueSet
+        (HEPARIN, {"coding": [{"system": RXNORM, "code": ["0"]}]}),  # not a plain shape
+    ]
+    seen = compile_expression("%c.inValueSet(%url)", FUNCTIONS)
+    for _ in range(2):
+        for url, item in [*asked, *reversed(asked)]:
+            fresh = engine_functions(KNOWLEDGE.terminology, KNOWLEDGE.units)  # nothing seen
+            expected = compile_expression("%c.inValueSet(%url)", fresh)
+            env = {"c": [dict(item)], "url": url}
+            assert seen({}, env) == expected({}, env), (url, item)
+    verdicts = [seen({}, {"c": [item], "url": url}) for url, item in asked]
+    assert verdicts[:6] == [[True], [False], [True], [False], [False], [False]]

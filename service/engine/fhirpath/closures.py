@@ -371,9 +371,14 @@ class _Compiler:
 
     def _where_in(self, criteria: Node) -> Step | None:
         """`where(element in <strings>)` (`status in ('final' | 'amended')`), the most common
-        filter of the knowledge, as a set lookup on each item that holds the element as one plain
-        string; any other item goes through the general `where`, so the results are the same."""
-        if criteria["type"] != "MembershipExpression" or criteria["terminalNodeText"] != ["in"]:
+        filter of the knowledge, and `where(element = '<string>')`, as a set lookup on each item
+        that holds the element as one plain string; any other item goes through the general
+        `where`, so the results are the same."""
+        operator = criteria["terminalNodeText"]
+        if not (
+            (criteria["type"] == "MembershipExpression" and operator == ["in"])
+            or (criteria["type"] == "EqualityExpression" and operator == ["="])
+        ):
             return None
         left, right = criteria["children"]
         key = _member_name(left)
@@ -382,6 +387,8 @@ class _Compiler:
         constant = self.node(right)
         if not isinstance(constant, _Constant) or not all(type(v) is str for v in constant.value):
             return None
+        if operator == ["="] and len(constant.value) != 1:
+            return None  # `=` against several strings compares collections, not membership
         general = self._fn_where([self.node(criteria)])
         values = frozenset(constant.value)
         extension_key = f"_{key}"

@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from functools import lru_cache
@@ -133,11 +133,20 @@ def engine_functions(
     }
 
 
+# Verdicts of CodeableConcepts by content, per ValueSet: a record repeats the same few concepts (a
+# medicine on every refill) and the knowledge asks several ValueSets of each, about 3,000 calls a
+# hook call at 5,000 resources; deciding one again cost 3 times a look-up. Bounded, for memory.
+_CONCEPT_VERDICTS_KEPT = 4096
+
+
 @dataclass(frozen=True)
 class _Functions:
     terminology: Terminology
     units: UnitTable
     today: Callable[[], date]
+    concept_verdicts: dict[tuple[str | None, ...], bool | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def in_value_set(self, inputs: list[Any], url: str) -> bool | list[Any]:
         closure = self.terminology.closure(url)  # raises for a ValueSet that is not loaded
@@ -159,6 +168,19 @@ class _Functions:
         if not (type(item) is dict or isinstance(item, Mapping)):  # dict: no ABC check
             return None
         _not_a_resource(item, "inValueSet", "a Coding, CodeableConcept or code")
+        key = _concept_key(url, item) if type(item) is dict else None
+        if key is None:
+            return self._decide(item, url, closure)
+        verdicts = self.concept_verdicts
+        if key not in verdicts:
+            if len(verdicts) >= _CONCEPT_VERDICTS_KEPT:
+                verdicts.clear()
+            verdicts[key] = self._decide(item, url, closure)
+        return verdicts[key]
+
+    def _decide(
+        self, item: Mapping[str, Any], url: str, closure: frozenset[tuple[str, str]]
+    ) -> bool | None:
         concept = "coding" in item or ("text" in item and "code" not in item)
         codings = (item.get("coding") or []) if concept else [item]
         # False only when every coding could be matched and none is a member.
@@ -294,6 +316,32 @@ def _quantity(item: Any, need_value: bool = True) -> tuple[Decimal | None, str |
     if need_value and item.get("comparator"):
         return None, unit
     return to_decimal(item.get("value")), unit
+
+
+def _concept_key(url: str, concept: dict[str, Any]) -> tuple[str | None, ...] | None:
+    """All that decides a CodeableConcept's membership in `url` (`_decide` reads its text and each
+    coding's system, code and display), flat; None for a concept of another shape, decided anew.
+    Type checks inline: this runs for every concept the knowledge asks about."""
+    codings = concept.get("coding")
+    text = concept.get("text")
+    if type(codings) is not list or type(text) not in _TEXT_OR_NONE:
+        return None
+    key: list[str | None] = [url, text]
+    for coding in codings:
+        if type(coding) is not dict:
+            return None
+        system, code, display = coding.get("system"), coding.get("code"), coding.get("display")
+        if (
+            type(system) not in _TEXT_OR_NONE
+            or type(code) not in _TEXT_OR_NONE
+            or type(display) not in _TEXT_OR_NONE
+        ):
+            return None
+        key += (system, code, display)
+    return tuple(key)
+
+
+_TEXT_OR_NONE = (str, type(None))
 
 
 def _coding_member(coding: Any, closure: frozenset[tuple[str, str]]) -> bool | None:
