@@ -1,13 +1,18 @@
 """Reading a JSON request body within a size limit, with CDS Hooks-conformant errors.
 
-The decoder is orjson (issue 13 compared msgspec on the load benchmark's bodies, CPU time, decode
-and free, in a worker's GC settings): msgspec decoding to plain objects was within 10% of orjson
-(0.20 vs 0.23 ms at 200 resources, 15-16 vs 18 ms at 5,000), 1-3% of a call, not worth a second
-JSON library. What would pay is not building the resources the knowledge never reads: msgspec
-with the prefetch as `msgspec.Raw` decodes the 5,000-resource body in 1 ms instead of 18. That
-needs the shape checks (models.prefetch_problems), the record (status and id of every resource)
-and repeat suppression's facts digest (the content of every resource without a version) to work
-from undecoded resources, and is not done.
+The decoder is orjson, the one place that says why. Issue 13 compared msgspec on the load
+benchmark's bodies (CPU time, decode and free, in a worker's GC settings): decoding to plain
+objects it was within 10% of orjson (0.20 vs 0.23 ms at 200 resources, 15-16 vs 18 ms at 5,000),
+not worth a second JSON library. What would pay is not building the resources the knowledge never
+reads. Measured at 5,000 resources (bench/bodies.py, in process, one run, a slow hour: a
+5-million-step Python loop took 0.35 s): orjson's decode and free 32 ms; msgspec with each
+prefetch Bundle's entries left as `msgspec.Raw` 8 ms; the same with every entry's resourceType,
+id, status and codes decoded into typed structures (what the record and the retrieve index need
+to pick the resources to decode) 18 ms, before decoding the ones picked (a sixth of them here:
+every MedicationRequest and ServiceRequest is read). That saving, about 15% of the call, needs the
+shape checks (models.prefetch_problems), the record (status and id of every resource), the
+wrong-type check (fhir/expected.py) and repeat suppression's facts digest (the content of every
+resource without a version) to work from undecoded resources, and is not done.
 """
 
 from __future__ import annotations
