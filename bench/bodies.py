@@ -309,6 +309,12 @@ def build_bodies(
     return bodies
 
 
+def bodies_for(services: Sequence[Mapping[str, Any]], today: date) -> list[Body]:
+    """Every body, for the discovered services, with the patients made for them."""
+    view = service_for_hook(services, "patient-view")
+    return build_bodies(services, make_patients(view["prefetch"], today), today)
+
+
 def no_prefetch_body(
     services: Sequence[Mapping[str, Any]],
     spec: ScenarioSpec,

@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime
 
 import orjson
 
-from bench.bodies import Body, build_bodies, make_patients
+from bench.bodies import Body, bodies_for
 from bench.run import python_speed
 from service.cdshooks.call import parse_call
 from service.cdshooks.cards import encode_cards
@@ -51,6 +51,13 @@ def one_call(catalogue: Catalogue, body: Body) -> Callable[[], bytes]:
     return call
 
 
+def bundled() -> tuple[Catalogue, list[Body]]:
+    """The bundled knowledge's catalogue and the load benchmark's bodies for its services."""
+    settings = Settings()
+    catalogue = load_catalogue(settings.all_knowledge_dirs, settings.knowledge_parameters)
+    return catalogue, bodies_for(catalogue.discovery()["services"], date.today())
+
+
 def cpu_per_call(call: Callable[[], bytes], seconds: float) -> tuple[float, float, int]:
     """Median and mean CPU ms per call over batches, and the calls made."""
     for _ in range(5):
@@ -74,12 +81,7 @@ def main() -> None:
     parser.add_argument("--profile", help="a body name: run it under pyinstrument instead")
     args = parser.parse_args()
 
-    settings = Settings()
-    catalogue = load_catalogue(settings.all_knowledge_dirs, settings.knowledge_parameters)
-    services = catalogue.discovery()["services"]
-    view = next(s for s in services if s["hook"] == "patient-view")
-    today = date.today()
-    bodies = build_bodies(services, make_patients(view["prefetch"], today), today)
+    catalogue, bodies = bundled()
     tune_for_serving()  # as a serving worker: the knowledge frozen out of the collector's sight
     if args.profile:
         from pyinstrument import Profiler

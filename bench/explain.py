@@ -39,19 +39,19 @@ from typing import Any
 
 import orjson
 
-from bench.bodies import Body, build_bodies, make_patients
+from bench.bodies import Body
+from bench.call_cpu import bundled
 from bench.floor_app import CARD
 from bench.report import CELL, RATIO_TARGETS
 from bench.run import python_speed
 from service.cdshooks.call import parse_call
 from service.cdshooks.cards import encode_cards
-from service.cdshooks.catalogue import Catalogue, load_catalogue
+from service.cdshooks.catalogue import Catalogue
 from service.cdshooks.prefetch import resolve_prefetch
 from service.cdshooks.subject import subject_of
 from service.engine import apply_plan
 from service.engine.fhirpath.expression import CompiledExpression
 from service.ops.serving_process import tune_for_serving
-from service.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 PHASES = ("decode", "checks", "record", "apply", "encode", "free")
@@ -283,12 +283,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(orjson.dumps(_floor_work_here(args.floor_work, args.seconds)).decode())
         return
     results = orjson.loads(args.results.read_bytes())
-    settings = Settings()
-    catalogue = load_catalogue(settings.all_knowledge_dirs, settings.knowledge_parameters)
-    services = catalogue.discovery()["services"]
-    view = next(s for s in services if s["hook"] == "patient-view")
-    today = date.today()
-    bodies = build_bodies(services, make_patients(view["prefetch"], today), today)
+    catalogue, bodies = bundled()
     tune_for_serving()  # as a serving worker: knowledge frozen, the worker's young threshold
     loop_now = python_speed()
     floor = floor_work({body.name: body.payload for body in bodies}, args.seconds / 2)

@@ -63,7 +63,7 @@ def stages(data_dir: Path, report: Callable[[str, float], None]) -> None:
 
 
 async def _serve_in_process(report: Callable[[str, float], None]) -> None:
-    from bench.bodies import build_bodies, make_patients
+    from bench.bodies import bodies_for
     from bench.call_cpu import one_call
     from service.app import create_app
     from service.ops.serving_process import tune_for_serving
@@ -74,10 +74,7 @@ async def _serve_in_process(report: Callable[[str, float], None]) -> None:
         tune_for_serving()
         report("app built and its lifespan run (knowledge loaded, database opened)", rss_mb())
         catalogue = app.state.runtime.catalogue
-        services = catalogue.discovery()["services"]
-        view = next(s for s in services if s["hook"] == "patient-view")
-        today = date.today()
-        bodies = build_bodies(services, make_patients(view["prefetch"], today), today)
+        bodies = bodies_for(catalogue.discovery()["services"], date.today())
         report("benchmark bodies built (the benchmark's own data, not the service's)", rss_mb())
         for body in bodies:
             call = one_call(catalogue, body)

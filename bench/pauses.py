@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from bench.bodies import Body, build_bodies, make_patients
+from bench.bodies import Body, bodies_for
 from bench.procs import Server, discovered_services, start_floor, start_service, stop
 from bench.run import machine, measured
 
@@ -43,9 +43,7 @@ VARIANTS: Mapping[str, Mapping[str, str]] = {
 
 
 def _bodies(work: Path, today: date) -> list[Body]:
-    services = discovered_services(work, "data-bodies")
-    view = next(s for s in services if s["hook"] == "patient-view")
-    return build_bodies(services, make_patients(view["prefetch"], today), today)
+    return bodies_for(discovered_services(work, "data-bodies"), today)
 
 
 def _row(name: str, run: Mapping[str, Any]) -> str:
