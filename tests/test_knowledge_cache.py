@@ -53,13 +53,25 @@ def test_an_unreadable_cache_is_ignored_and_rewritten(tmp_path: Path) -> None:
     assert stored["trees"] and stored["validated"]
 
 
-def test_a_tree_that_is_not_a_parse_tree_is_parsed_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "stored_tree",
+    [
+        json.dumps({"children": []}),  # JSON, not a parse tree
+        "{not json",
+        {"children": [{"type": "TermExpression"}]},  # a tree, but not as JSON text
+        None,
+    ],
+)
+def test_a_tree_that_is_not_a_parse_tree_is_parsed_again(tmp_path: Path, stored_tree: Any) -> None:
     load(tmp_path)
     stored = json.loads((tmp_path / CACHE_FILE).read_text())
-    stored["trees"] = {text: {"children": []} for text in stored["trees"]}
+    assert all(isinstance(tree, str) for tree in stored["trees"].values())  # kept as JSON text
+    stored["trees"] = {text: stored_tree for text in stored["trees"]}
     (tmp_path / CACHE_FILE).write_text(json.dumps(stored))
     assert KnowledgeCache.open(tmp_path).tree(next(iter(stored["trees"]))) is None
     assert load(tmp_path).services
+    rewritten = json.loads((tmp_path / CACHE_FILE).read_text())["trees"]
+    assert all(KnowledgeCache.open(tmp_path).tree(text) for text in rewritten)
 
 
 def test_a_changed_expression_is_parsed_and_a_broken_one_reported_on_every_start(

@@ -6,7 +6,10 @@ knowledge) and validating each resource against the FHIR model with fhir.resourc
 of it importing the model classes). `serve` loads the knowledge once to validate it and then once
 per worker, and a start-to-ready of seconds delays every deployment and restart. So the cache
 keeps:
-- parse trees, keyed by the expression's text;
+- parse trees, keyed by the expression's text, each as its JSON text, decoded only while its
+  expression is compiled: decoded all at once they took about 9 MB of a worker's heap that,
+  once freed, the system never got back (the allocator's arenas stayed pinned by the compiled
+  knowledge allocated among them);
 - the SHA-256 digests of resources that passed validation (canonical JSON), so that an unchanged
   resource is not validated again.
 
@@ -32,8 +35,9 @@ from service.engine.fhirpath.adapter import VERSION as FHIRPATHPY_VERSION
 
 log = logging.getLogger("rpl_cds.knowledge")
 
+# The format's version is in the name too: a file of another format is not read, only replaced.
 CACHE_FILE = (
-    f"knowledge-fhirpathpy-{FHIRPATHPY_VERSION}-fhir.resources-{FHIR_RESOURCES_VERSION}.json"
+    f"knowledge-2-fhirpathpy-{FHIRPATHPY_VERSION}-fhir.resources-{FHIR_RESOURCES_VERSION}.json"
 )
 
 
@@ -41,7 +45,7 @@ class KnowledgeCache:
     def __init__(
         self,
         path: Path | None = None,
-        trees: dict[str, dict[str, Any]] | None = None,
+        trees: dict[str, str] | None = None,
         validated: set[str] | None = None,
     ) -> None:
         self.path = path
@@ -66,7 +70,7 @@ class KnowledgeCache:
         validated = stored.get("validated")
         return cls(
             path,
-            {text: tree for text, tree in trees.items() if _looks_like_tree(tree)}
+            {text: tree for text, tree in trees.items() if isinstance(tree, str)}
             if isinstance(trees, dict)
             else {},
             {digest for digest in validated if isinstance(digest, str)}
@@ -75,11 +79,22 @@ class KnowledgeCache:
         )
 
     def tree(self, text: str) -> dict[str, Any] | None:
-        return self._trees.get(text)
+        encoded = self._trees.get(text)
+        if encoded is None:
+            return None
+        try:
+            tree = orjson.loads(encoded)
+        except orjson.JSONDecodeError:
+            tree = None
+        if not _looks_like_tree(tree):
+            del self._trees[text]  # so that the tree parsed instead is kept and saved
+            return None
+        parsed: dict[str, Any] = tree  # checked by _looks_like_tree
+        return parsed
 
-    def add_tree(self, text: str, tree: dict[str, Any]) -> None:
+    def add_tree(self, text: str, tree: Mapping[str, Any]) -> None:
         if text not in self._trees:
-            self._trees[text] = tree
+            self._trees[text] = orjson.dumps(tree).decode()
             self._added = True
 
     def was_validated(self, resource: Mapping[str, Any]) -> bool:
